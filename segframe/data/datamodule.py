@@ -1,0 +1,241 @@
+"""LightningDataModule over a converted dataset: reads only manifest.json and shards.
+
+Train: every rank yields exactly `len(loader)` batches per epoch (the same on every rank,
+so DDP never waits on a rank that ran out of data). Shards are dealt to (rank, worker)
+consumers in a seeded order reshuffled every epoch, samples pass a seeded shuffle buffer,
+and a consumer that reaches the end of its shards starts over on a new shuffle.
+
+Eval: every sample is seen exactly once per epoch whatever the number of ranks and workers:
+whole shards are dealt out when there are at least as many shards as consumers, otherwise
+each consumer reads every shard and keeps every n-th sample.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from segframe.data.sample import IGNORE_INDEX, decode_sample
+from segframe.data.shards import iter_shard, read_manifest, shard_urls, split_info
+
+Transform = Callable[..., dict]
+
+
+class ShardStream(IterableDataset):
+    """Decoded, augmented (image uint8[3,H,W], mask int64[H,W]) pairs from the shards of one split.
+
+    Eval streams have no length on purpose: Lightning stops an epoch after len(loader)
+    batches, and per-worker partial batches would make any reported length cut samples off.
+    """
+
+    train = False
+
+    def __init__(
+        self,
+        shards: list[tuple[str, int]],
+        transform: Transform | None,
+        num_classes: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if not shards:
+            raise ValueError("ShardStream needs at least one shard")
+        self.shards, self.transform, self.num_classes = shards, transform, num_classes
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0  # set from the main process before each epoch's workers start
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _consumer(self) -> tuple[int, int]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        return self.rank * workers + worker, self.world_size * workers
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        consumer, consumers = self._consumer()
+        rng = random.Random(hash((self.seed, self.epoch, consumer)) & 0xFFFFFFFF)
+        if self.transform is not None and hasattr(self.transform, "set_random_seed"):
+            # forked workers inherit one RNG state: give each its own stream of augmentations
+            self.transform.set_random_seed(rng.randrange(2**31))
+        raw = self._train_samples(consumer, consumers, rng) if self.train else self._eval_samples(consumer, consumers)
+        for sample in raw:
+            image, mask, _ = decode_sample(sample, self.num_classes)
+            if self.transform is not None:
+                out = self.transform(image=image, mask=mask)
+                image, mask = out["image"], out["mask"]
+            yield (torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+                   torch.from_numpy(mask.astype(np.int64)))
+
+    def _eval_samples(self, consumer: int, consumers: int) -> Iterator[dict]:
+        if len(self.shards) >= consumers:
+            for url, count in self.shards[consumer::consumers]:
+                yield from iter_shard(url, count)
+        else:
+            index = 0
+            for url, count in self.shards:
+                for sample in iter_shard(url, count):
+                    if index % consumers == consumer:
+                        yield sample
+                    index += 1
+
+    def _train_samples(self, consumer: int, consumers: int, rng: random.Random) -> Iterator[dict]:
+        raise NotImplementedError  # only TrainStream trains
+
+
+class TrainStream(ShardStream):
+    """Endless shuffled stream cut to exactly `batches_per_epoch` whole batches per rank."""
+
+    train = True
+
+    def __init__(self, shards: list[tuple[str, int]], transform: Transform | None, num_classes: int,
+                 batches_per_epoch: int, batch_size: int, shuffle_buffer: int = 0, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        super().__init__(shards, transform, num_classes, seed, rank, world_size)
+        self.batches_per_epoch, self.batch_size, self.shuffle_buffer = batches_per_epoch, batch_size, shuffle_buffer
+
+    def __len__(self) -> int:
+        # samples per epoch on this rank; the DataLoader divides by batch_size
+        return self.batches_per_epoch * self.batch_size
+
+    def _train_samples(self, consumer: int, consumers: int, rng: random.Random) -> Iterator[dict]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        # each worker batches its own samples, so quotas are dealt in whole batches
+        batches = self.batches_per_epoch // workers + (1 if worker < self.batches_per_epoch % workers else 0)
+        if batches <= 0:
+            return
+        yield from _islice(self._endless(consumer, consumers, rng), batches * self.batch_size)
+
+    def _endless(self, consumer: int, consumers: int, rng: random.Random) -> Iterator[dict]:
+        """Passes over this consumer's shards; the shuffle buffer is flushed at the end of each pass
+        so an epoch that is one pass yields each of its samples once."""
+        for repeat in itertools.count():
+            order = list(self.shards)
+            random.Random(hash((self.seed, self.epoch, repeat)) & 0xFFFFFFFF).shuffle(order)
+            # consumers share one order per epoch (same seed) so together they cover every shard;
+            # with fewer shards than consumers every consumer reads all shards
+            mine = order[consumer::consumers] if len(order) >= consumers else order
+            one_pass = (sample for url, count in mine for sample in iter_shard(url, count))
+            yield from _shuffled(one_pass, self.shuffle_buffer, rng)
+
+
+def _shuffled(stream: Iterator[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
+    if bufsize <= 1:
+        yield from stream
+        return
+    buf: list[dict] = []
+    for item in stream:
+        if len(buf) < bufsize:
+            buf.append(item)
+            continue
+        i = rng.randrange(bufsize)
+        yield buf[i]
+        buf[i] = item
+    rng.shuffle(buf)
+    yield from buf
+
+
+def _islice(stream: Iterator[dict], n: int) -> Iterator[dict]:
+    for i, item in enumerate(stream):
+        yield item
+        if i + 1 >= n:
+            return
+
+
+def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack samples of different sizes: images padded with 0, masks with IGNORE_INDEX."""
+    h = max(img.shape[1] for img, _ in batch)
+    w = max(img.shape[2] for img, _ in batch)
+    images = torch.zeros(len(batch), 3, h, w, dtype=batch[0][0].dtype)
+    masks = torch.full((len(batch), h, w), IGNORE_INDEX, dtype=torch.int64)
+    for i, (img, mask) in enumerate(batch):
+        images[i, :, : img.shape[1], : img.shape[2]] = img
+        masks[i, : mask.shape[0], : mask.shape[1]] = mask
+    return images, masks
+
+
+class SegDataModule(pl.LightningDataModule):
+    """Batches of (uint8 images [B,3,H,W], int64 masks [B,H,W]) from `shard_dir`."""
+
+    def __init__(
+        self,
+        shard_dir: str,
+        train_transform: Transform | None = None,
+        eval_transform: Transform | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int = 1,
+        num_workers: int = 2,
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str = "val",
+        pin_memory: bool = True,
+        convert_hint: str = "",
+    ):
+        super().__init__()
+        self.shard_dir, self.train_transform, self.eval_transform = shard_dir, train_transform, eval_transform
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.shuffle_buffer, self.seed = shuffle_buffer, seed
+        self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
+        self.pin_memory = pin_memory
+        self.manifest = read_manifest(shard_dir, convert_hint)
+        self.num_classes = len(self.manifest["classes"])
+        self._train: ShardStream | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["classes"])
+
+    @property
+    def palette(self) -> list[list[int]]:
+        return [list(c) for c in self.manifest["palette"]]
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        if self._train is not None:
+            self._train.set_epoch(epoch)
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        info = split_info(self.manifest, self.train_split, self.shard_dir)
+        # one pass over the data per epoch, in whole batches, the same count on every rank
+        batches = max(1, info["num_samples"] // (self.batch_size * world))
+        self._train = TrainStream(
+            shard_urls(self.manifest, self.train_split, self.shard_dir), self.train_transform, self.num_classes,
+            batches_per_epoch=batches, batch_size=self.batch_size, shuffle_buffer=self.shuffle_buffer,
+            seed=self.seed, rank=rank, world_size=world,
+        )
+        return self._loader(self._train, self.batch_size)
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        rank, world = self._rank_world()
+        stream = ShardStream(shard_urls(self.manifest, split, self.shard_dir), self.eval_transform,
+                             self.num_classes, rank=rank, world_size=world)
+        return self._loader(stream, self.eval_batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader(self.val_split)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader(self.test_split)
+
+    def _loader(self, stream: ShardStream, batch_size: int) -> DataLoader:
+        return DataLoader(
+            stream, batch_size=batch_size, num_workers=self.num_workers, collate_fn=pad_collate,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            # workers must restart each epoch to see the new shuffle epoch
+            persistent_workers=False,
+        )

@@ -1,0 +1,148 @@
+"""The sample contract: what one training example looks like inside a shard.
+
+A sample is a dict of bytes written to a WebDataset tar:
+  __key__   image id with every char outside [A-Za-z0-9_-] replaced by "_"
+            (WebDataset splits a key at its first dot)
+  jpg|png   the source image's own bytes when already JPEG/PNG, else PNG re-encoded
+  seg.png   single-channel 8-bit PNG of class indices 0..C-1, IGNORE_INDEX = void
+  json      {"id", "source", "split", "height", "width"}
+
+Decoding uses PIL only: never pickle, never torch.load, and masks are read as raw
+indices (palette PNGs must not go through an RGB conversion).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+IGNORE_INDEX = 255
+IMAGE_EXTS = ("jpg", "png")
+MASK_EXT = "seg.png"
+META_EXT = "json"
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+class SampleError(ValueError):
+    """A sample that breaks the contract (bad bytes, sizes or labels)."""
+
+
+@dataclass
+class RawSample:
+    """What a converter hands to the shard writer for one image."""
+
+    id: str
+    image: bytes | np.ndarray  # encoded file bytes, or an HxWx3 uint8 array
+    mask: np.ndarray  # HxW uint8 class indices
+    source: str = ""  # where it came from (file path or generator), for error messages
+
+
+def make_key(sample_id: str) -> str:
+    return _KEY_UNSAFE.sub("_", sample_id)
+
+
+def image_format(data: bytes) -> str | None:
+    """'jpg' / 'png' from the magic bytes, None for anything else."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    return None
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def decode_image(data: bytes, name: str = "image") -> np.ndarray:
+    """Encoded bytes -> HxWx3 uint8 RGB."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as exc:  # PIL raises many types for corrupt data
+        raise SampleError(f"{name}: cannot decode image ({exc})") from exc
+
+
+def decode_mask(data: bytes, name: str = "mask") -> np.ndarray:
+    """PNG bytes -> HxW uint8 class indices, read as indices (mode L or P), never via RGB."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.mode not in ("L", "P"):
+                raise SampleError(f"{name}: mask PNG has mode {im.mode!r}, expected single-channel 'L' or 'P'")
+            return np.asarray(im, dtype=np.uint8).copy()
+    except SampleError:
+        raise
+    except Exception as exc:
+        raise SampleError(f"{name}: cannot decode mask ({exc})") from exc
+
+
+def check_mask(mask: np.ndarray, num_classes: int, name: str) -> None:
+    """Labels must be 0..C-1 or IGNORE_INDEX."""
+    bad = (mask >= num_classes) & (mask != IGNORE_INDEX)
+    if bad.any():
+        values = sorted(int(v) for v in np.unique(mask[bad]))[:10]
+        raise SampleError(
+            f"{name}: label values {values} are outside 0..{num_classes - 1} and not {IGNORE_INDEX} (ignore)"
+        )
+
+
+def encode_sample(raw: RawSample, split: str, num_classes: int) -> tuple[dict[str, bytes], np.ndarray]:
+    """Validate a RawSample and turn it into shard entries. Returns (entries, mask)."""
+    name = raw.source or raw.id
+    if isinstance(raw.image, np.ndarray):
+        if raw.image.ndim != 3 or raw.image.shape[2] != 3 or raw.image.dtype != np.uint8:
+            raise SampleError(f"{name}: image array must be HxWx3 uint8, got {raw.image.shape} {raw.image.dtype}")
+        ext, image_bytes, size = "png", encode_png(raw.image), raw.image.shape[:2]
+    else:
+        ext = image_format(raw.image)
+        decoded = decode_image(raw.image, name)  # validates that it decodes at all
+        size = decoded.shape[:2]
+        image_bytes = bytes(raw.image)
+        if ext is None:  # e.g. BMP/TIFF: store as PNG so readers only need jpg/png
+            ext, image_bytes = "png", encode_png(decoded)
+    mask = np.asarray(raw.mask)
+    if mask.ndim != 2 or mask.dtype != np.uint8:
+        raise SampleError(f"{name}: mask must be HxW uint8, got shape {mask.shape} dtype {mask.dtype}")
+    if mask.shape != tuple(size):
+        raise SampleError(
+            f"{name}: image is {size[1]}x{size[0]} (WxH) but its mask is {mask.shape[1]}x{mask.shape[0]}"
+        )
+    check_mask(mask, num_classes, name)
+    meta = {"id": raw.id, "source": raw.source, "split": split, "height": int(size[0]), "width": int(size[1])}
+    entries = {
+        "__key__": make_key(raw.id),
+        ext: image_bytes,
+        MASK_EXT: encode_png(mask),
+        META_EXT: json.dumps(meta).encode("utf-8"),
+    }
+    return entries, mask
+
+
+def decode_sample(sample: dict, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Shard entries -> (HxWx3 uint8 image, HxW uint8 mask, meta). Only jpg/png/json are read."""
+    key = sample.get("__key__", "?")
+    where = f"{sample.get('__url__', 'shard')} key {key}"
+    ext = next((e for e in IMAGE_EXTS if e in sample), None)
+    if ext is None or MASK_EXT not in sample or META_EXT not in sample:
+        raise SampleError(
+            f"{where}: incomplete sample, has {sorted(k for k in sample if not k.startswith('__'))}, "
+            f"expected one of {IMAGE_EXTS} plus {MASK_EXT!r} and {META_EXT!r}"
+        )
+    image = decode_image(sample[ext], f"{where} ({ext})")
+    mask = decode_mask(sample[MASK_EXT], f"{where} ({MASK_EXT})")
+    try:
+        meta = json.loads(sample[META_EXT])
+    except ValueError as exc:
+        raise SampleError(f"{where}: bad json ({exc})") from exc
+    if image.shape[:2] != mask.shape:
+        raise SampleError(f"{where}: image {image.shape[:2]} and mask {mask.shape} differ in size")
+    if num_classes is not None:
+        check_mask(mask, num_classes, where)
+    return image, mask, meta

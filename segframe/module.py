@@ -1,0 +1,123 @@
+"""LightningModule: loss, confusion-matrix metrics, optimizer/scheduler wiring, logging."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segframe.data.sample import IGNORE_INDEX
+from segframe.metrics import ConfusionMatrix, scores, summary_keys
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B,3,H,W] from the loader -> float in [0,1]; the model normalises further."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+
+
+class SegModule(pl.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None,
+        classes: Sequence[str],
+        palette: Sequence[Sequence[int]],
+        loss_reduction: str = "mean",
+        bias_lr_mult: float = 1.0,
+        bias_weight_decay: bool = True,
+        model_config: dict[str, Any] | None = None,
+        config: dict[str, Any] | None = None,
+    ):
+        """`optimizer`/`scheduler` are factories (Hydra `_partial_`); `model_config` (the model's
+        plain-dict config) is stored so eval can rebuild the model from the checkpoint alone."""
+        super().__init__()
+        if loss_reduction not in ("mean", "sum"):
+            raise ValueError(f"loss_reduction must be 'mean' (over valid pixels) or 'sum' (the paper's), got {loss_reduction!r}")
+        # plain types only: checkpoints must load with torch.load(weights_only=True)
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
+        self.model = model
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.classes, self.palette = list(classes), [list(c) for c in palette]
+        self.loss_reduction = loss_reduction
+        self.bias_lr_mult, self.bias_weight_decay = bias_lr_mult, bias_weight_decay
+        self.val_cm = ConfusionMatrix(len(self.classes))
+        self.test_cm = ConfusionMatrix(len(self.classes))
+        self.last_confmat: dict[str, torch.Tensor] = {}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(to_input(images))
+
+    def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX, reduction="sum")
+        if self.loss_reduction == "mean":
+            # mean over valid pixels; a crop that is all ignore gives 0, not NaN
+            loss = loss / (masks != IGNORE_INDEX).sum().clamp_min(1)
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        # reshuffle shards and samples: workers are restarted each epoch with this value
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "set_epoch"):
+            datamodule.set_epoch(self.current_epoch)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, masks = batch
+        loss = self.loss(self(images), masks)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=images.shape[0])
+        return loss
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], metric: ConfusionMatrix, stage: str) -> None:
+        images, masks = batch
+        logits = self(images)
+        self.log(f"{stage}/loss", self.loss(logits, masks), on_epoch=True, batch_size=images.shape[0], sync_dist=True)
+        metric.update(logits.argmax(1), masks)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_cm, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_cm, "test")
+
+    def _log_scores(self, metric: ConfusionMatrix, stage: str) -> None:
+        confmat = metric.compute()  # summed over ranks: identical everywhere
+        result = scores(confmat)
+        values = {f"{stage}/{k}": result[k] for k in summary_keys() if k != "miou"}
+        for name, iou in zip(self.classes, result["per_class_iou"]):
+            if not math.isnan(iou):
+                values[f"{stage}/iou_{name}"] = iou
+        self.log_dict(values, prog_bar=False)
+        self.log(f"{stage}/miou", result["miou"], prog_bar=True)
+        self.last_confmat[stage] = confmat.detach().cpu()
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores(self.val_cm, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores(self.test_cm, "test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        weights, biases = [], []
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                (biases if name.endswith("bias") else weights).append(param)
+        bias_group: dict[str, Any] = {"params": biases, "lr_mult": self.bias_lr_mult}
+        if not self.bias_weight_decay:
+            bias_group["weight_decay"] = 0.0
+        optimizer = self.optimizer_factory([{"params": weights, "lr_mult": 1.0}, bias_group])
+        for group in optimizer.param_groups:  # paper setting: biases at 2x lr
+            group["lr"] *= group["lr_mult"]
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        factory = self.scheduler_factory
+        if isinstance(factory, functools.partial) and factory.keywords.get("total_iters", 0) is None:
+            # poly decays over the whole run: the number of optimizer steps is known only here
+            factory = functools.partial(factory, total_iters=max(1, int(self.trainer.estimated_stepping_batches)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": factory(optimizer), "interval": "step"}}

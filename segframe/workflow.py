@@ -1,0 +1,218 @@
+"""What the entry points do: convert, train (fit -> evaluate best -> report), evaluate.
+
+This is the one place that reads the composed config; every component below it is
+built from its own config node (`_target_` + plain arguments).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from segframe.data.shards import MANIFEST, ManifestError, read_manifest, verify, write_dataset
+from segframe.paths import CONF_DIR
+
+log = logging.getLogger("segframe")
+
+
+class ConfigError(ValueError):
+    """A config the user composed that cannot work."""
+
+
+def plain(cfg: DictConfig) -> Any:
+    """Resolved plain containers: what checkpoints and JSON may hold (never OmegaConf objects)."""
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def check_keys(cfg: DictConfig, primary: str) -> None:
+    """Reject top-level keys the primary config does not define (`+typo=1` bypasses struct mode)."""
+    base = OmegaConf.load(CONF_DIR / f"{primary}.yaml")
+    known = {k for k in base if k not in ("defaults", "hydra")}
+    for entry in base.get("defaults", []):
+        if isinstance(entry, (dict, DictConfig)):
+            known.update(str(k).lstrip("+~").split("@")[0] for k in entry)
+    unknown = sorted(set(cfg) - known - {"hydra"})
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {unknown} for `python -m segframe.{primary}`; known top-level keys: "
+            f"{sorted(known)}. Check the spelling; `--cfg job` prints the composed config."
+        )
+
+
+def convert_command(data: DictConfig) -> str:
+    return f"python -m segframe.convert data={data.name}"
+
+
+# --------------------------------------------------------------------------- convert
+
+
+def convert_dataset(data: DictConfig, num_workers: int = 0, on_bad: str = "error") -> dict[str, Any]:
+    source = instantiate(data.source)
+    return write_dataset(source, data.shard_dir, data.name, list(data.classes), [list(c) for c in data.palette],
+                         shard_size=int(data.get("shard_size", 1000)), num_workers=num_workers, on_bad=on_bad)
+
+
+def convert(cfg: DictConfig) -> int:
+    """Entry logic of `python -m segframe.convert`; returns the exit code."""
+    check_keys(cfg, "convert")
+    data = cfg.data
+    if cfg.verify:
+        problems = verify(data.shard_dir)
+        for p in problems:
+            print(f"PROBLEM {p}")
+        print(f"verify {data.shard_dir}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+        return 1 if problems else 0
+    if (Path(data.shard_dir) / MANIFEST).is_file() and not cfg.overwrite:
+        try:
+            manifest = read_manifest(data.shard_dir)
+            counts = {s: v["num_samples"] for s, v in manifest["splits"].items()}
+            print(f"{data.name} is already converted at {data.shard_dir} {counts}; pass overwrite=true to redo it")
+            return 0
+        except ManifestError as exc:
+            print(f"existing conversion is unusable ({exc}); converting again")
+    start = time.time()
+    manifest = convert_dataset(data, num_workers=cfg.num_workers, on_bad=cfg.on_bad)
+    counts = {s: v["num_samples"] for s, v in manifest["splits"].items()}
+    print(f"converted {data.name} -> {data.shard_dir} {counts} in {time.time() - start:.1f}s"
+          + (f"; skipped {len(manifest['skipped'])} bad sample(s), listed in the manifest" if manifest["skipped"] else ""))
+    return 0
+
+
+def ensure_converted(data: DictConfig) -> dict[str, Any]:
+    """The manifest of `data`; the embedded dataset is converted on first use, others must be."""
+    try:
+        return read_manifest(data.shard_dir, convert_command(data))
+    except ManifestError:
+        if not data.get("auto_convert", False):
+            raise
+    log.info("converting %s into %s (first use)", data.name, data.shard_dir)
+    return convert_dataset(data)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _datamodule(cfg: DictConfig, data: DictConfig, dm_cfg: DictConfig, train_transform: Any, eval_transform: Any,
+                **overrides: Any) -> Any:
+    from segframe.data.datamodule import SegDataModule
+
+    args = {k: v for k, v in plain(dm_cfg).items() if k != "_target_"}
+    args.update(overrides)
+    dm = SegDataModule(train_transform=train_transform, eval_transform=eval_transform,
+                       convert_hint=convert_command(data), **args)
+    if dm.num_classes != int(data.num_classes):
+        raise ConfigError(
+            f"{Path(data.shard_dir) / MANIFEST} has {dm.num_classes} classes {dm.classes} but data.num_classes="
+            f"{data.num_classes} in the config; reconvert with `{convert_command(data)} overwrite=true` or fix the config"
+        )
+    return dm
+
+
+def _trainer(trainer_cfg: DictConfig, run_dir: Path, callbacks: list, loggers: list | bool) -> Any:
+    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir))
+
+
+def train(cfg: DictConfig, run_dir: Path) -> float:
+    """Fit, evaluate the best checkpoint on `eval.split`, write the report. Returns its mIoU."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from segframe.module import SegModule
+
+    check_keys(cfg, "train")
+    pl.seed_everything(cfg.seed, workers=True)
+    ensure_converted(cfg.data)
+    dm = _datamodule(cfg, cfg.data, cfg.datamodule, instantiate(cfg.augmentation.train),
+                     instantiate(cfg.augmentation.eval))
+    module = SegModule(
+        model=instantiate(cfg.model), optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        classes=dm.classes, palette=dm.palette, **plain(cfg.module),
+        model_config=plain(cfg.model), config=plain(cfg),
+    )
+    ckpt_dir = run_dir / "checkpoints"
+    best_cb = ModelCheckpoint(dirpath=ckpt_dir, monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
+                              filename="best-epoch{epoch:03d}", auto_insert_metric_name=False, save_top_k=1)
+    # a second, unmonitored callback: the monitored one rewrites last.ckpt only on improvement
+    last_cb = ModelCheckpoint(dirpath=ckpt_dir, monitor=None, save_top_k=0, save_last=True)
+    loggers = [instantiate(c, save_dir=str(run_dir)) for c in cfg.logger.values()]
+    callbacks = [best_cb, last_cb] + ([LearningRateMonitor(logging_interval="step")] if loggers else [])
+    trainer = _trainer(cfg.trainer, run_dir, callbacks, loggers or False)
+    start = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume)
+    fit_seconds = time.time() - start
+    best = best_cb.best_model_path or str(ckpt_dir / "last.ckpt")
+    log.info("evaluating %s on split %s", best, cfg.eval.split)
+    trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
+    if not trainer.is_global_zero:
+        return float("nan")
+    examples = _examples(module, dm, cfg.eval.split, cfg.report.num_images)
+    metrics = _write(run_dir, module, dm, cfg.eval.split, best, examples, cfg,
+                     extra={"fit_seconds": round(fit_seconds, 1), "epochs": trainer.current_epoch,
+                            "steps": trainer.global_step})
+    return float(metrics["miou"] or 0.0)
+
+
+def _examples(module: Any, dm: Any, split: str, count: int) -> Any:
+    from segframe.report import predict_examples
+
+    return predict_examples(module, dm.eval_dataloader(split), count) if count > 0 else None
+
+
+def _write(run_dir: Path, module: Any, dm: Any, split: str, ckpt: str, examples: Any, cfg: DictConfig,
+           extra: dict[str, Any]) -> dict[str, Any]:
+    from segframe.report import write_report
+
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    info = {"dataset": dm.manifest["name"], "split": split, "checkpoint": str(ckpt),
+            "num_samples": dm.manifest["splits"][split]["num_samples"], **extra}
+    metrics = write_report(run_dir, module.last_confmat["test"], dm.classes, dm.palette, info, examples)
+    log.info("%s %s: mIoU %.2f  mean acc %.2f  pixel acc %.2f  fwIoU %.2f  (report in %s)", info["dataset"], split,
+             *(100 * (metrics[k] or 0) for k in ("miou", "mean_acc", "pixel_acc", "fwiou")), run_dir)
+    return metrics
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (ckpt=PATH, e.g. outputs/DATE/TIME/checkpoints/last.ckpt)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if "hyper_parameters" not in ckpt or "model_config" not in ckpt["hyper_parameters"]:
+        raise ValueError(f"{path} is not a segframe checkpoint (no hyper_parameters.model_config)")
+    return ckpt
+
+
+def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Metrics of a checkpoint on a split, with the same report as training."""
+    from segframe.data.augment import identity
+    from segframe.module import SegModule
+
+    check_keys(cfg, "eval")
+    ckpt = load_checkpoint(cfg.ckpt)
+    hp = ckpt["hyper_parameters"]
+    data = cfg.data if cfg.get("data") else OmegaConf.create(hp["config"]["data"])
+    split = cfg.split or data.val_split
+    model_cfg = {**hp["model_config"], "pretrained": False, "init_from": None}  # weights come from the checkpoint
+    module = SegModule(model=instantiate(model_cfg), optimizer=None, scheduler=None, classes=hp["classes"],
+                       palette=hp["palette"], model_config=model_cfg)
+    read_manifest(data.shard_dir, convert_command(data))
+    dm = _datamodule(cfg, data, cfg.datamodule, None, identity(), shard_dir=data.shard_dir, test_split=split,
+                     val_split=split)
+    if dm.num_classes != len(hp["classes"]):
+        raise ConfigError(f"checkpoint {cfg.ckpt} predicts {len(hp['classes'])} classes {hp['classes']} but dataset "
+                          f"{data.name} has {dm.num_classes} {dm.classes}; evaluate it on the dataset it was trained for")
+    module.load_state_dict(ckpt["state_dict"])
+    trainer = _trainer(cfg.trainer, run_dir, [], False)
+    trainer.test(module, datamodule=dm, verbose=False)
+    if not trainer.is_global_zero:
+        return {}
+    examples = _examples(module, dm, split, cfg.report.num_images)
+    return _write(run_dir, module, dm, split, cfg.ckpt, examples, cfg, extra={})
