@@ -1,0 +1,123 @@
+"""End to end on tiny `shapes`, through the real CLIs: train -> eval, resume, sweep, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+
+TINY = [
+    "model.backbone=resnet18", "model.pretrained=false", "data.source.num_train=16", "data.source.num_val=6",
+    "data.source.size=48", "data.crop_size=48", "data.shard_size=8", "datamodule.batch_size=4",
+    "datamodule.eval_batch_size=4", "datamodule.num_workers=0", "optimizer=adamw", "optimizer.lr=0.003",
+    "report.num_images=4", "trainer.log_every_n_steps=1",
+]
+
+
+def _ok(res) -> None:
+    assert res.returncode == 0, f"exit {res.returncode}\nstdout:\n{res.stdout[-3000:]}\nstderr:\n{res.stderr[-5000:]}"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("e2e")
+    data = root / "data"
+    run = root / "run"
+    _ok(run_cli("train", *TINY, f"paths.data_dir={data}", "trainer.max_epochs=2", f"hydra.run.dir={run}"))
+    return root, run
+
+
+def test_train_writes_every_output(trained):
+    root, run = trained
+    assert (root / "data" / "shapes" / "manifest.json").is_file()  # converted automatically on first use
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("miou", "mean_acc", "pixel_acc", "fwiou"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert set(metrics["per_class"]) == {"background", "circle", "square", "triangle", "star", "cross"}
+    assert metrics["split"] == "val" and metrics["num_samples"] == 6 and metrics["dataset"] == "shapes"
+    assert metrics["git_commit"] and metrics["epochs"] == 2
+    assert sum(map(sum, metrics["confusion_matrix"])) == 6 * 48 * 48  # every val pixel once, no ignore in shapes
+    for name in ("per_class.md", "per_class.csv", "confusion_matrix.png", "predictions.png", "config.yaml",
+                 ".hydra/config.yaml", "logs/metrics.csv"):
+        assert (run / name).is_file(), name
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert "| mIoU % |" in (run / "per_class.md").read_text()
+    rows = list(csv.DictReader(open(run / "logs" / "metrics.csv")))
+    assert any(r.get("val/miou") for r in rows) and any(r.get("train/loss_step") for r in rows)
+    # last.ckpt and the best checkpoint, loadable without pickle, with plain hyper-parameters
+    ckpts = run / "checkpoints"
+    assert (ckpts / "last.ckpt").is_file() and list(ckpts.glob("best-epoch*.ckpt"))
+    ckpt = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    assert hp["classes"][0] == "background" and hp["model_config"]["backbone"] == "resnet18"
+    assert isinstance(hp["config"], dict) and ckpt["epoch"] == 1
+
+
+def test_predictions_grid_has_image_gt_prediction_rows(trained):
+    from PIL import Image
+
+    _, run = trained
+    grid = Image.open(run / "predictions.png")
+    assert grid.width >= 3 * 48 and grid.height >= 4 * 48
+
+
+def test_eval_from_checkpoint_alone_reproduces_train_metrics(trained):
+    root, run = trained
+    best = next((run / "checkpoints").glob("best-epoch*.ckpt"))
+    out = root / "eval"
+    _ok(run_cli("eval", f"ckpt={best}", f"hydra.run.dir={out}", "datamodule.num_workers=0"))
+    train_m = json.loads((run / "metrics.json").read_text())
+    eval_m = json.loads((out / "metrics.json").read_text())
+    assert eval_m["confusion_matrix"] == train_m["confusion_matrix"]
+    assert (out / "predictions.png").is_file() and (out / "per_class.csv").is_file()
+
+
+def test_resume_from_last_continues(trained):
+    root, run = trained
+    out = root / "resumed"
+    _ok(run_cli("train", *TINY, f"paths.data_dir={root / 'data'}", "trainer.max_epochs=3",
+                f"resume={run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={out}"))
+    first = json.loads((run / "metrics.json").read_text())
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["epochs"] == 3 and resumed["steps"] == first["steps"] // 2 * 3
+    epochs = {r["epoch"] for r in csv.DictReader(open(out / "logs" / "metrics.csv")) if r.get("val/miou")}
+    assert epochs == {"2"}  # only the remaining epoch was trained
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+
+
+def test_lr_sweep_writes_summary_table(trained):
+    root, _ = trained
+    sweep = root / "sweep"
+    _ok(run_cli("train", "-m", *TINY, f"paths.data_dir={root / 'data'}", "trainer.max_epochs=1",
+                "optimizer.lr=0.01,0.001", f"hydra.sweep.dir={sweep}"))
+    summary = (sweep / "summary.md").read_text()
+    assert "optimizer.lr=0.01" in summary and "optimizer.lr=0.001" in summary
+    assert summary.count("*") == 1  # best run marked
+    rows = list(csv.DictReader(open(sweep / "summary.csv")))
+    assert len(rows) == 2 and all(r["status"] == "ok" and float(r["miou"]) >= 0 for r in rows)
+
+
+def test_missing_dataset_prints_convert_command(tmp_path):
+    res = run_cli("train", *TINY, f"paths.data_dir={tmp_path}", "data.auto_convert=false", f"hydra.run.dir={tmp_path}/r")
+    assert res.returncode != 0
+    assert "python -m segframe.convert data=shapes" in res.stderr
+
+
+def test_convert_cli_and_verify(tmp_path):
+    args = [f"paths.data_dir={tmp_path}", "data.source.num_train=6", "data.source.num_val=3", "data.source.size=32",
+            f"hydra.run.dir={tmp_path}/log", "num_workers=0"]
+    _ok(run_cli("convert", *args))
+    res = run_cli("convert", *args, "verify=true")
+    _ok(res)
+    assert "OK" in res.stdout
+    shard = tmp_path / "shapes" / "train-000000.tar"
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 1
+    shard.write_bytes(bytes(data))
+    res = run_cli("convert", *args, "verify=true")
+    assert res.returncode == 1 and "train-000000.tar" in res.stdout
