@@ -55,7 +55,7 @@ def test_train_writes_every_output(trained):
     ckpt = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
     hp = ckpt["hyper_parameters"]
     assert hp["classes"][0] == "background" and hp["model_config"]["backbone"] == "resnet18"
-    assert isinstance(hp["config"], dict) and ckpt["epoch"] == 1
+    assert isinstance(hp["config"], dict) and ckpt["epoch"] == 2  # epochs completed
 
 
 def test_predictions_grid_has_image_gt_prediction_rows(trained):
@@ -87,7 +87,7 @@ def test_resume_from_last_continues(trained):
     assert resumed["epochs"] == 3 and resumed["steps"] == first["steps"] // 2 * 3
     epochs = {r["epoch"] for r in csv.DictReader(open(out / "logs" / "metrics.csv")) if r.get("val/miou")}
     assert epochs == {"2"}  # only the remaining epoch was trained
-    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
 
 
 def test_lr_sweep_writes_summary_table(trained):
