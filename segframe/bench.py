@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="loader measuring time per setting")
     args = parser.parse_args(argv)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import logging
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # keep the figures readable
     print(f"segframe bench on {os.cpu_count()} CPU(s), torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"cuda={torch.cuda.is_available()}")
 

@@ -12,21 +12,33 @@ T = TypeVar("T")
 
 log = logging.getLogger("segframe")
 
-# Errors a user causes (bad config, missing data, bad files): print the message, not a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError, KeyError)
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Failures a user causes (config, data, files, weights); anything else keeps its traceback."""
+    from hydra.errors import InstantiationException
+
+    from segframe.data.sample import SampleError
+    from segframe.data.shards import ManifestError
+    from segframe.models.backbones import PretrainedWeightsError
+
+    return (ValueError, FileNotFoundError, ManifestError, SampleError, PretrainedWeightsError, InstantiationException)
 
 
 def run(job: Callable[[], T]) -> T:
-    """Run `job`; on a user error print its message and exit 1 (SEGFRAME_TRACEBACK=1 shows the traceback)."""
+    """Run `job`; on a user error print its message and exit 1 (SEGFRAME_TRACEBACK=1 shows the traceback).
+    Inside a multirun sweep a failed run is logged with its traceback and the sweep goes on."""
     try:
         return job()
-    except USER_ERRORS as exc:
-        if os.environ.get("SEGFRAME_TRACEBACK") or _multirun():
-            raise  # in a sweep Hydra records the failed job; exiting here would end the whole sweep
-        from hydra.errors import InstantiationException
-
+    except Exception as exc:
+        if _multirun() and not os.environ.get("SEGFRAME_TRACEBACK"):
+            # one failed run must not end an overnight sweep: log it, and the sweep summary
+            # lists the run as failed (it wrote no metrics.json)
+            log.exception("run failed: %s", exc)
+            return float("nan")  # type: ignore[return-value]
+        if not isinstance(exc, _user_errors()) or os.environ.get("SEGFRAME_TRACEBACK"):
+            raise
         message = str(exc)
-        if isinstance(exc, InstantiationException) and exc.__cause__ is not None:
+        if exc.__cause__ is not None and str(exc.__cause__) not in message:
             message += f"\ncaused by: {exc.__cause__}"
         log.error("%s: %s", type(exc).__name__, message)
         print(f"\nerror: {message}\n(set SEGFRAME_TRACEBACK=1 for the full traceback)", file=sys.stderr)

@@ -20,7 +20,8 @@ def summarize(sweep_dir: str | Path, metric: str = "miou") -> list[dict[str, Any
     """Collect `<run>/metrics.json` + `<run>/.hydra/overrides.yaml`; write summary.{md,csv}; best marked."""
     sweep_dir = Path(sweep_dir)
     rows = []
-    for run in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()):
+    runs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()]
+    for run in sorted(runs, key=lambda p: (int(p.name), "") if p.name.isdigit() else (1 << 30, p.name)):
         overrides_file = run / ".hydra" / "overrides.yaml"
         overrides = " ".join(OmegaConf.load(overrides_file)) if overrides_file.is_file() else ""
         row: dict[str, Any] = {"run": run.name, "overrides": overrides, "status": "failed"}

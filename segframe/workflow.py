@@ -98,14 +98,10 @@ def ensure_converted(data: DictConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------- train
 
 
-def _datamodule(cfg: DictConfig, data: DictConfig, dm_cfg: DictConfig, train_transform: Any, eval_transform: Any,
+def _datamodule(data: DictConfig, dm_cfg: DictConfig, train_transform: Any, eval_transform: Any,
                 **overrides: Any) -> Any:
-    from segframe.data.datamodule import SegDataModule
-
-    args = {k: v for k, v in plain(dm_cfg).items() if k != "_target_"}
-    args.update(overrides)
-    dm = SegDataModule(train_transform=train_transform, eval_transform=eval_transform,
-                       convert_hint=convert_command(data), **args)
+    dm = instantiate(dm_cfg, train_transform=train_transform, eval_transform=eval_transform,
+                     convert_hint=convert_command(data), **overrides)
     if dm.num_classes != int(data.num_classes):
         raise ConfigError(
             f"{Path(data.shard_dir) / MANIFEST} has {dm.num_classes} classes {dm.classes} but data.num_classes="
@@ -128,7 +124,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     check_keys(cfg, "train")
     pl.seed_everything(cfg.seed, workers=True)
     ensure_converted(cfg.data)
-    dm = _datamodule(cfg, cfg.data, cfg.datamodule, instantiate(cfg.augmentation.train),
+    dm = _datamodule(cfg.data, cfg.datamodule, instantiate(cfg.augmentation.train),
                      instantiate(cfg.augmentation.eval))
     module = SegModule(
         model=instantiate(cfg.model), optimizer=instantiate(cfg.optimizer),
@@ -204,7 +200,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     module = SegModule(model=instantiate(model_cfg), optimizer=None, scheduler=None, classes=hp["classes"],
                        palette=hp["palette"], model_config=model_cfg)
     read_manifest(data.shard_dir, convert_command(data))
-    dm = _datamodule(cfg, data, cfg.datamodule, None, identity(), shard_dir=data.shard_dir, test_split=split,
+    dm = _datamodule(data, cfg.datamodule, None, identity(), shard_dir=data.shard_dir, test_split=split,
                      val_split=split)
     if dm.num_classes != len(hp["classes"]):
         raise ConfigError(f"checkpoint {cfg.ckpt} predicts {len(hp['classes'])} classes {hp['classes']} but dataset "

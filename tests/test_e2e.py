@@ -94,12 +94,13 @@ def test_lr_sweep_writes_summary_table(trained):
     root, _ = trained
     sweep = root / "sweep"
     _ok(run_cli("train", "-m", *TINY, f"paths.data_dir={root / 'data'}", "trainer.max_epochs=1",
-                "optimizer.lr=0.01,0.001", f"hydra.sweep.dir={sweep}"))
+                "optimizer.lr=0.01,0.001,-1", f"hydra.sweep.dir={sweep}"))
     summary = (sweep / "summary.md").read_text()
     assert "optimizer.lr=0.01" in summary and "optimizer.lr=0.001" in summary
     assert summary.count("*") == 1  # best run marked
     rows = list(csv.DictReader(open(sweep / "summary.csv")))
-    assert len(rows) == 2 and all(r["status"] == "ok" and float(r["miou"]) >= 0 for r in rows)
+    assert len(rows) == 3 and all(r["status"] == "ok" and float(r["miou"]) >= 0 for r in rows[:2])
+    assert rows[2]["status"] == "failed"  # lr=-1 is refused by the optimizer; the sweep went on
 
 
 def test_missing_dataset_prints_convert_command(tmp_path):
@@ -109,10 +110,11 @@ def test_missing_dataset_prints_convert_command(tmp_path):
 
 
 def test_convert_cli_and_verify(tmp_path):
+    """Also checks that the commands work from any working directory."""
     args = [f"paths.data_dir={tmp_path}", "data.source.num_train=6", "data.source.num_val=3", "data.source.size=32",
             f"hydra.run.dir={tmp_path}/log", "num_workers=0"]
-    _ok(run_cli("convert", *args))
-    res = run_cli("convert", *args, "verify=true")
+    _ok(run_cli("convert", *args, cwd=tmp_path))
+    res = run_cli("convert", *args, "verify=true", cwd=tmp_path)
     _ok(res)
     assert "OK" in res.stdout
     shard = tmp_path / "shapes" / "train-000000.tar"
@@ -121,3 +123,20 @@ def test_convert_cli_and_verify(tmp_path):
     shard.write_bytes(bytes(data))
     res = run_cli("convert", *args, "verify=true")
     assert res.returncode == 1 and "train-000000.tar" in res.stdout
+
+
+def test_eval_refuses_checkpoint_for_other_number_of_classes(trained, tmp_path):
+    import shutil
+
+    root, run = trained
+    other = tmp_path / "seven"
+    shutil.copytree(root / "data" / "shapes", other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["classes"].append("hexagon")
+    manifest["palette"].append([1, 2, 3])
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    res = run_cli("eval", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "data=shapes", f"data.shard_dir={other}",
+                  "data.num_classes=7", f"hydra.run.dir={tmp_path}/eval")
+    assert res.returncode != 0
+    assert "predicts 6 classes" in res.stderr and "hexagon" in res.stderr
+    assert not (tmp_path / "eval" / "metrics.json").exists()
