@@ -143,6 +143,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     start = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume)
     fit_seconds = time.time() - start
+    if trainer.interrupted:  # Ctrl-C: last.ckpt is there to resume from; no half-trained report
+        log.warning("training interrupted; resume with resume=%s", ckpt_dir / "last.ckpt")
+        return float("nan")
     best = best_cb.best_model_path or str(ckpt_dir / "last.ckpt")
     log.info("evaluating %s on split %s", best, cfg.eval.split)
     trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)

@@ -16,6 +16,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -196,7 +197,8 @@ class _pool:
         if self.num_workers <= 0:
             _init_worker(self.source)
             return map
-        self._pool = mp.get_context("spawn" if os.name == "nt" else "fork").Pool(
+        # fork is cheap on Linux; elsewhere fork is unsafe with threads (macOS) or absent (Windows)
+        self._pool = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn").Pool(
             self.num_workers, initializer=_init_worker, initargs=(self.source,)
         )
         return lambda fn, it: self._pool.imap(fn, it, chunksize=8)
