@@ -102,3 +102,30 @@ def test_augmentation_masks_stay_integral_and_aligned():
             agree = np.abs(img[..., 0].astype(int) - expected) <= 20
             assert agree[valid].mean() > 0.85
             assert (img[~valid] == 0).all()  # padding: black image, ignore mask
+
+
+def test_lightning_fit_reshuffles_every_epoch(tiny_shapes, monkeypatch):
+    """The epoch reaches the train stream before each epoch's iterator starts under pl.Trainer."""
+    import functools
+    import logging
+
+    import pytorch_lightning as pl
+
+    from segframe.models.fcn import FCN
+    from segframe.module import SegModule
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    seen: list[int] = []
+    original = TrainStream.__iter__
+
+    def spy(self):
+        seen.append(self.epoch)
+        return original(self)
+
+    monkeypatch.setattr(TrainStream, "__iter__", spy)
+    dm = SegDataModule(str(tiny_shapes), identity(), identity(), batch_size=12, num_workers=0)
+    module = SegModule(FCN(6, 32, "resnet18"), functools.partial(torch.optim.SGD, lr=0.01), None, dm.classes,
+                       dm.palette)
+    pl.Trainer(max_epochs=3, limit_val_batches=1, logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0).fit(module, datamodule=dm)
+    assert seen == [0, 1, 2]
