@@ -35,8 +35,6 @@ class ShardStream(IterableDataset):
     batches, and per-worker partial batches would make any reported length cut samples off.
     """
 
-    train = False
-
     def __init__(
         self,
         shards: list[tuple[str, int]],
@@ -55,19 +53,15 @@ class ShardStream(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _consumer(self) -> tuple[int, int]:
-        info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        return self.rank * workers + worker, self.world_size * workers
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        consumer, consumers = self._consumer()
+        workers, worker = _worker()
+        # every (rank, worker) pair is one consumer of shards
+        consumer, consumers = self.rank * workers + worker, self.world_size * workers
         rng = random.Random(hash((self.seed, self.epoch, consumer)) & 0xFFFFFFFF)
         if self.transform is not None and hasattr(self.transform, "set_random_seed"):
             # forked workers inherit one RNG state: give each its own stream of augmentations
             self.transform.set_random_seed(rng.randrange(2**31))
-        raw = self._train_samples(consumer, consumers, rng) if self.train else self._eval_samples(consumer, consumers)
-        for sample in raw:
+        for sample in self._samples(consumer, consumers, rng):
             image, mask, _ = decode_sample(sample, self.num_classes)
             if self.transform is not None:
                 out = self.transform(image=image, mask=mask)
@@ -75,7 +69,8 @@ class ShardStream(IterableDataset):
             yield (torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
                    torch.from_numpy(mask.astype(np.int64)))
 
-    def _eval_samples(self, consumer: int, consumers: int) -> Iterator[dict]:
+    def _samples(self, consumer: int, consumers: int, rng: random.Random) -> Iterator[dict]:
+        """Each sample exactly once over all consumers: whole shards, or every n-th sample."""
         if len(self.shards) >= consumers:
             for url, count in self.shards[consumer::consumers]:
                 yield from iter_shard(url, count)
@@ -87,14 +82,9 @@ class ShardStream(IterableDataset):
                         yield sample
                     index += 1
 
-    def _train_samples(self, consumer: int, consumers: int, rng: random.Random) -> Iterator[dict]:
-        raise NotImplementedError  # only TrainStream trains
-
 
 class TrainStream(ShardStream):
     """Endless shuffled stream cut to exactly `batches_per_epoch` whole batches per rank."""
-
-    train = True
 
     def __init__(self, shards: list[tuple[str, int]], transform: Transform | None, num_classes: int,
                  batches_per_epoch: int, batch_size: int, shuffle_buffer: int = 0, seed: int = 0, rank: int = 0,
@@ -106,9 +96,8 @@ class TrainStream(ShardStream):
         # samples per epoch on this rank; the DataLoader divides by batch_size
         return self.batches_per_epoch * self.batch_size
 
-    def _train_samples(self, consumer: int, consumers: int, rng: random.Random) -> Iterator[dict]:
-        info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+    def _samples(self, consumer: int, consumers: int, rng: random.Random) -> Iterator[dict]:
+        workers, worker = _worker()
         # each worker batches its own samples, so quotas are dealt in whole batches
         batches = self.batches_per_epoch // workers + (1 if worker < self.batches_per_epoch % workers else 0)
         if batches <= 0:
@@ -126,6 +115,12 @@ class TrainStream(ShardStream):
             mine = order[consumer::consumers] if len(order) >= consumers else order
             one_pass = (sample for url, count in mine for sample in iter_shard(url, count))
             yield from _shuffled(one_pass, self.shuffle_buffer, rng)
+
+
+def _worker() -> tuple[int, int]:
+    """(number of DataLoader workers, this worker's index); (1, 0) in the main process."""
+    info = get_worker_info()
+    return (info.num_workers, info.id) if info else (1, 0)
 
 
 def _shuffled(stream: Iterator[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
