@@ -181,10 +181,14 @@ def _write(run_dir: Path, module: Any, dm: Any, split: str, ckpt: str, examples:
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
+    """A Lightning checkpoint written by `segframe.train`, loaded without unpickling code."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (ckpt=PATH, e.g. outputs/DATE/TIME/checkpoints/last.ckpt)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if "hyper_parameters" not in ckpt or "model_config" not in ckpt["hyper_parameters"]:
+    try:  # weights_only: a checkpoint is data, never code
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickled objects, not a torch file...
+        raise ValueError(f"{path} cannot be loaded as a segframe checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "model_config" not in ckpt["hyper_parameters"]:
         raise ValueError(f"{path} is not a segframe checkpoint (no hyper_parameters.model_config)")
     return ckpt
 
@@ -202,7 +206,6 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     model_cfg = {**hp["model_config"], "pretrained": False, "init_from": None}  # weights come from the checkpoint
     module = SegModule(model=instantiate(model_cfg), optimizer=None, scheduler=None, classes=hp["classes"],
                        palette=hp["palette"], model_config=model_cfg)
-    read_manifest(data.shard_dir, convert_command(data))
     dm = _datamodule(data, cfg.datamodule, None, identity(), shard_dir=data.shard_dir, test_split=split,
                      val_split=split)
     if dm.num_classes != len(hp["classes"]):

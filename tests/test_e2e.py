@@ -140,3 +140,10 @@ def test_eval_refuses_checkpoint_for_other_number_of_classes(trained, tmp_path):
     assert res.returncode != 0
     assert "predicts 6 classes" in res.stderr and "hexagon" in res.stderr
     assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_eval_of_a_corrupt_checkpoint_says_so(tmp_path):
+    bad = tmp_path / "broken.ckpt"
+    bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    res = run_cli("eval", f"ckpt={bad}", "data=shapes", f"hydra.run.dir={tmp_path}/eval")
+    assert res.returncode == 1 and "cannot be loaded as a segframe checkpoint" in res.stderr
