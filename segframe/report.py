@@ -32,8 +32,13 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _pct(x: float) -> str:
+def percent(x: float | None) -> str:
+    """A fraction as the tables print it: percent with two decimals."""
     return "n/a" if x is None or math.isnan(x) else f"{100 * x:.2f}"
+
+
+def _json_number(v: Any) -> Any:
+    return None if isinstance(v, float) and math.isnan(v) else v  # JSON has no NaN
 
 
 def per_class_rows(result: dict[str, Any], classes: Sequence[str]) -> list[dict[str, Any]]:
@@ -47,9 +52,9 @@ def markdown_table(result: dict[str, Any], classes: Sequence[str]) -> str:
     """Per-class IoU / accuracy in percent with two decimals, then the four summary scores."""
     lines = ["| class | IoU % | acc % | gt pixels |", "| --- | ---: | ---: | ---: |"]
     for row in per_class_rows(result, classes):
-        lines.append(f"| {row['class']} | {_pct(row['iou'])} | {_pct(row['acc'])} | {row['gt_pixels']} |")
+        lines.append(f"| {row['class']} | {percent(row['iou'])} | {percent(row['acc'])} | {row['gt_pixels']} |")
     lines += ["", "| mIoU % | mean acc % | pixel acc % | fwIoU % |", "| ---: | ---: | ---: | ---: |",
-              "| " + " | ".join(_pct(result[k]) for k in summary_keys()) + " |"]
+              "| " + " | ".join(percent(result[k]) for k in summary_keys()) + " |"]
     return "\n".join(lines) + "\n"
 
 
@@ -133,10 +138,9 @@ def write_report(run_dir: str | Path, confmat: torch.Tensor | np.ndarray, classe
     run_dir.mkdir(parents=True, exist_ok=True)
     cm = confmat.cpu().numpy() if isinstance(confmat, torch.Tensor) else np.asarray(confmat)
     result = scores(cm)
-    nan_to_none = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731 (JSON has no NaN)
     metrics = {
-        **{k: nan_to_none(result[k]) for k in summary_keys()},
-        "per_class": {r["class"]: {k: nan_to_none(v) for k, v in r.items() if k != "class"}
+        **{k: _json_number(result[k]) for k in summary_keys()},
+        "per_class": {r["class"]: {k: _json_number(v) for k, v in r.items() if k != "class"}
                       for r in per_class_rows(result, classes)},
         "classes": list(classes),
         "confusion_matrix": cm.astype(np.int64).tolist(),

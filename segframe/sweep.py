@@ -12,6 +12,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from segframe.metrics import summary_keys
+from segframe.report import percent
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,10 @@ def summarize(sweep_dir: str | Path, metric: str = "miou") -> list[dict[str, Any
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    pct = lambda v: "" if v is None else f"{100 * v:.2f}"  # noqa: E731
     lines = ["| run | overrides | mIoU % | mean acc % | pixel acc % | fwIoU % | best |",
              "| --- | --- | ---: | ---: | ---: | ---: | :-: |"]
     for r in rows:
-        cells = [pct(r.get(k)) for k in summary_keys()] if r["status"] == "ok" else ["failed", "", "", ""]
+        cells = [percent(r.get(k)) for k in summary_keys()] if r["status"] == "ok" else ["failed", "", "", ""]
         lines.append(f"| {r['run']} | {r['overrides']} | " + " | ".join(cells) + f" | {r['best']} |")
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
     return rows
