@@ -4,7 +4,6 @@ With `-m` (multirun) each value combination is one run; the sweep directory gets
 summary table of every run's overrides and metrics when the sweep ends.
 """
 
-import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig

@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from segframe.data.augment import default_train, identity
-from segframe.data.datamodule import SegDataModule, ShardStream, TrainStream
+from segframe.data.datamodule import SegDataModule, ShardStream, TrainStream, pad_collate
 from segframe.data.sample import IGNORE_INDEX
 from segframe.data.shards import read_manifest, shard_urls
 
 
 def _fingerprints(loader) -> list[bytes]:
     out = []
-    for images, masks in loader:
+    for images, _ in loader:
         for img in images:
             out.append(img.numpy().tobytes())
     return out
@@ -29,7 +29,7 @@ def test_validation_sees_every_sample_exactly_once(tiny_shapes, workers, world):
     for rank in range(world):
         stream = ShardStream(shards, identity(), 6, rank=rank, world_size=world)
         loader = torch.utils.data.DataLoader(stream, batch_size=3, num_workers=workers,
-                                             collate_fn=__import__("segframe.data.datamodule", fromlist=["x"]).pad_collate)
+                                             collate_fn=pad_collate)
         seen += _fingerprints(loader)
     assert len(seen) == 10 and len(set(seen)) == 10
 
