@@ -40,7 +40,6 @@ def run(job: Callable[[], T]) -> T:
         message = str(exc)
         if exc.__cause__ is not None and str(exc.__cause__) not in message:
             message += f"\ncaused by: {exc.__cause__}"
-        log.error("%s: %s", type(exc).__name__, message)
         print(f"\nerror: {message}\n(set SEGFRAME_TRACEBACK=1 for the full traceback)", file=sys.stderr)
         sys.exit(1)
 

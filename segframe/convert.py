@@ -1,8 +1,9 @@
-"""`python -m segframe.convert data=NAME [verify=true] [overwrite=true]`: raw dataset -> shards."""
+"""`python -m segframe.convert data=NAME [verify=true] [overwrite=true] [browse=true]`: raw dataset -> shards."""
 
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from segframe import paths
@@ -11,9 +12,11 @@ from segframe.cli import run
 
 @hydra.main(config_path=str(paths.CONF_DIR), config_name="convert", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from pathlib import Path
+
     from segframe.workflow import convert
 
-    code = run(lambda: convert(cfg))
+    code = run(lambda: convert(cfg, Path(HydraConfig.get().runtime.output_dir)))
     if code:
         sys.exit(code)
 

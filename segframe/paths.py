@@ -15,6 +15,9 @@ def register_resolvers() -> None:
     """`${repo_root:}` lets configs name checkout-relative paths that work from any cwd."""
     if not OmegaConf.has_resolver("repo_root"):
         OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+    # `${len:${data.classes}}`: a class count that cannot disagree with the class list
+    if not OmegaConf.has_resolver("len"):
+        OmegaConf.register_new_resolver("len", lambda seq: len(seq))
 
 
 register_resolvers()

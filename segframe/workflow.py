@@ -6,6 +6,7 @@ built from its own config node (`_target_` + plain arguments).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -52,13 +53,17 @@ def convert_command(data: DictConfig) -> str:
 # --------------------------------------------------------------------------- convert
 
 
-def convert_dataset(data: DictConfig, num_workers: int = 0, on_bad: str = "error") -> dict[str, Any]:
-    source = instantiate(data.source)
-    return write_dataset(source, data.shard_dir, data.name, list(data.classes), [list(c) for c in data.palette],
+def convert_dataset(data: DictConfig, num_workers: int = 0, on_bad: str = "error", source: Any = None) -> dict[str, Any]:
+    from segframe.data.sources.files import bit_palette
+
+    source = source if source is not None else instantiate(data.source)
+    classes = list(data.classes)
+    palette = [list(c) for c in data.palette] if data.get("palette") else bit_palette(len(classes))
+    return write_dataset(source, data.shard_dir, data.name, classes, palette,
                          shard_size=int(data.get("shard_size", 1000)), num_workers=num_workers, on_bad=on_bad)
 
 
-def convert(cfg: DictConfig) -> int:
+def convert(cfg: DictConfig, run_dir: Path | None = None) -> int:
     """Entry logic of `python -m segframe.convert`; returns the exit code."""
     check_keys(cfg, "convert")
     data = cfg.data
@@ -68,19 +73,57 @@ def convert(cfg: DictConfig) -> int:
             print(f"PROBLEM {p}")
         print(f"verify {data.shard_dir}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
         return 1 if problems else 0
+    if cfg.browse:
+        return _browse(cfg, run_dir or Path.cwd())
+    source = instantiate(data.source)
     if (Path(data.shard_dir) / MANIFEST).is_file() and not cfg.overwrite:
         try:
             manifest = read_manifest(data.shard_dir)
-            counts = {s: v["num_samples"] for s, v in manifest["splits"].items()}
-            print(f"{data.name} is already converted at {data.shard_dir} {counts}; pass overwrite=true to redo it")
-            return 0
         except ManifestError as exc:
             print(f"existing conversion is unusable ({exc}); converting again")
+        else:
+            counts = {s: v["num_samples"] for s, v in manifest["splits"].items()}
+            print(f"{data.name} is already converted at {data.shard_dir} {counts}; pass overwrite=true to redo it")
+            for line in _stale(manifest, source):
+                print(f"  but {line}: pass overwrite=true to convert it again")
+            return 0
     start = time.time()
-    manifest = convert_dataset(data, num_workers=cfg.num_workers, on_bad=cfg.on_bad)
+    manifest = convert_dataset(data, num_workers=cfg.num_workers, on_bad=cfg.on_bad, source=source)
     counts = {s: v["num_samples"] for s, v in manifest["splits"].items()}
     print(f"converted {data.name} -> {data.shard_dir} {counts} in {time.time() - start:.1f}s"
           + (f"; skipped {len(manifest['skipped'])} bad sample(s), listed in the manifest" if manifest["skipped"] else ""))
+    print(f"look at it: {convert_command(data)} browse=true")
+    return 0
+
+
+def _stale(manifest: dict[str, Any], source: Any) -> list[str]:
+    """How the existing conversion differs from what the config and the raw files would give now."""
+    recorded = manifest.get("source", {})
+    lines = []
+    options = json.loads(json.dumps(source.options()))  # tuples -> lists, as the manifest holds them
+    # where the raw files live does not change the shards; the fingerprint below sees content changes
+    def settings(opts: Any) -> dict[str, Any]:
+        return {k: v for k, v in (opts or {}).items() if not k.endswith("root")}
+
+    if settings(recorded.get("options")) != settings(options):
+        lines.append(f"it was converted with {recorded.get('options')} and the config now says {options}")
+    try:
+        if recorded.get("fingerprint") != json.loads(json.dumps(source.fingerprint())):
+            lines.append("the raw files (lists, names or sizes) changed since it was converted")
+    except FileNotFoundError:
+        pass  # raw data removed after conversion: the shards are all that is needed
+    return lines
+
+
+def _browse(cfg: DictConfig, run_dir: Path) -> int:
+    from segframe.data.browse import browse
+
+    data = cfg.data
+    read_manifest(data.shard_dir, convert_command(data))
+    split = cfg.browse_split or data.get("val_split")
+    out = Path(cfg.browse_file) if cfg.browse_file else run_dir / f"browse-{data.name}-{split}.png"
+    for path in browse(data.shard_dir, split, int(cfg.browse_count), out):
+        print(f"wrote {path}")
     return 0
 
 

@@ -97,14 +97,15 @@ def _init_worker(source: Source) -> None:
 
 
 def _load_encode(args: tuple[Any, str, int]) -> tuple[str, Any, Any]:
-    """Runs in a worker: load one raw item, validate and encode it. Returns (status, payload, extra)."""
+    """Runs in a worker: load one raw item, validate and encode it.
+    Returns ("ok", (entries, id), pixel counts per label) or ("bad", message, item)."""
     item, split, num_classes = args
     assert _WORKER_SOURCE is not None
     try:
         raw = _WORKER_SOURCE.load(item)
         entries, mask = encode_sample(raw, split, num_classes)
     except (SampleError, OSError) as exc:
-        return "bad", str(exc), None
+        return "bad", str(exc), item
     counts = np.bincount(mask.ravel(), minlength=256)
     return "ok", (entries, raw.id), counts
 
@@ -126,33 +127,34 @@ def write_dataset(
     num_classes = len(classes)
     if len(palette) < num_classes:
         raise ValueError(f"palette has {len(palette)} colours for {num_classes} classes")
+    started = time.time()
+    items = source.splits()  # a missing or empty dataset fails here, before anything is written
+    for split, split_items in items.items():
+        if not split_items:
+            raise SampleError(f"split {split!r} of {name} has no samples; check the raw dataset and its lists")
     out = Path(shard_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     tmp.mkdir()
-    started = time.time()
     try:
         splits: dict[str, Any] = {}
-        skipped: list[dict[str, str]] = []
-        items = source.splits()
+        skipped: list[dict[str, Any]] = []
         with _pool(source, num_workers) as imap:
             for split, split_items in items.items():
-                if not split_items:
-                    raise SampleError(f"split {split!r} of {name} has no samples; check the raw dataset and its lists")
                 writer = _SplitWriter(tmp, split, shard_size, max_shard_bytes)
                 pixels = np.zeros(256, dtype=np.int64)
                 jobs = ((item, split, num_classes) for item in split_items)
-                for status, payload, counts in tqdm(
+                for status, payload, extra in tqdm(
                     imap(_load_encode, jobs), total=len(split_items), desc=f"{name}/{split}", unit="img"
                 ):
                     if status == "bad":
                         if on_bad == "error":
                             raise SampleError(f"{payload}\n(pass on_bad=skip to skip bad samples and list them in the manifest)")
-                        skipped.append({"split": split, "problem": payload})
+                        skipped.append({"split": split, "item": _plain(extra), "problem": payload})
                         continue
                     writer.write(*payload)
-                    pixels += counts
+                    pixels += extra
                 shards = writer.close()
                 if not shards:
                     raise SampleError(f"split {split!r} of {name}: every sample was bad; nothing to write")
@@ -185,6 +187,11 @@ def write_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _plain(item: Any) -> Any:
+    """A source item as JSON can hold it (ids and file names of a skipped sample)."""
+    return json.loads(json.dumps(item, default=str))
 
 
 class _pool:

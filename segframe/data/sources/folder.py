@@ -1,0 +1,108 @@
+"""Your own dataset: `images/` and `masks/` folders paired by file stem.
+
+Masks may be single-channel index PNGs (mode L), palette PNGs (read as indices), or RGB
+images colour-coded with the palette in the config (every colour must be in the palette,
+or listed in `void_colours`, which become 255). Masks must be lossless (PNG/BMP/TIFF).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from segframe.data.sample import IGNORE_INDEX, RawSample, SampleError
+from segframe.data.sources.files import (Item, fingerprint, load_pair, pairs_by_stem, read_file, read_ids,
+                                         require)
+from segframe.data.sources.splits import seeded_split, split_by_lists
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff")
+MASK_EXTS = ("png", "bmp", "tif", "tiff")
+MASK_FORMATS = ("auto", "index", "rgb")
+LAYOUT = """\
+  <data.root>
+    images/NAME.jpg|png|...      (any of {images})
+    masks/NAME.png               (same stem; index, palette or RGB-coded PNG)
+    [train.txt val.txt]          (optional: one stem per line, with data.split_lists)"""
+
+
+class FolderSource:
+    """Pairs `root/images/STEM.*` with `root/masks/STEM.*`. Split by `split_lists` (split name ->
+    list file of stems, relative to root or absolute) or else by a seeded `val_fraction`."""
+
+    def __init__(self, root: str, images: str = "images", masks: str = "masks", mask_format: str = "auto",
+                 palette: Sequence[Sequence[int]] | None = None, void_colours: Sequence[Sequence[int]] = (),
+                 val_fraction: float = 0.1, seed: int = 0, split_lists: Mapping[str, str] | None = None):
+        if mask_format not in MASK_FORMATS:
+            raise ValueError(f"folder: data.mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
+        self.root, self.image_dir, self.mask_dir = Path(root), images, masks
+        self.mask_format, self.seed, self.val_fraction = mask_format, int(seed), float(val_fraction)
+        self.palette = [list(map(int, c)) for c in palette] if palette else None
+        self.void_colours = [list(map(int, c)) for c in void_colours]
+        self.split_lists = dict(split_lists or {})
+        self._items: dict[str, list[Item]] | None = None
+        self.unpaired_masks: list[str] = []
+
+    def lists(self) -> dict[str, Path]:
+        return {s: (self.root / p) for s, p in self.split_lists.items()}  # an absolute p stays absolute
+
+    def splits(self) -> dict[str, list[Item]]:
+        if self._items is not None:
+            return self._items
+        require("folder", self.root, [self.image_dir, self.mask_dir, *map(str, self.split_lists.values())],
+                "your own data (no download)", LAYOUT.format(images=", ".join(IMAGE_EXTS)))
+        items, orphans = pairs_by_stem(self.root / self.image_dir, self.root / self.mask_dir, IMAGE_EXTS, MASK_EXTS)
+        self.unpaired_masks = [str(p) for p in orphans]
+        if not items:
+            raise SampleError(f"folder: no images ({', '.join(IMAGE_EXTS)}) in {self.root / self.image_dir}")
+        if self.split_lists:
+            self._items = split_by_lists(items, {s: read_ids(p) for s, p in self.lists().items()}, "folder")
+        else:
+            num_val = max(1, round(self.val_fraction * len(items)))
+            self._items = seeded_split(items, num_val, self.seed, "folder (data.val_fraction)")
+        return self._items
+
+    def load(self, item: Item) -> RawSample:
+        return load_pair(item, self.read_mask)
+
+    def read_mask(self, path: str | Path) -> np.ndarray:
+        data = read_file(path, "mask")
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                mode = im.mode
+                if mode in ("L", "P") and self.mask_format != "rgb":
+                    return np.asarray(im, dtype=np.uint8).copy()
+                if mode in ("RGB", "RGBA") and self.mask_format != "index":
+                    return self._colours_to_index(np.asarray(im.convert("RGB")), path)
+        except SampleError:
+            raise
+        except Exception as exc:
+            raise SampleError(f"mask {path} cannot be decoded ({exc})") from exc
+        want = {"auto": "L, P, RGB or RGBA", "index": "L or P", "rgb": "RGB or RGBA"}[self.mask_format]
+        raise SampleError(f"mask {path} has mode {mode!r}; data.mask_format={self.mask_format} expects {want}")
+
+    def _colours_to_index(self, rgb: np.ndarray, path: str | Path) -> np.ndarray:
+        if not self.palette:
+            raise SampleError(f"mask {path} is colour-coded (RGB) but data.palette is not set: give one colour per "
+                              "class, e.g. data.palette=[[0,0,0],[255,0,0]]")
+        code = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+        lut = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(self.palette)}
+        lut.update({(r << 16) | (g << 8) | b: IGNORE_INDEX for r, g, b in self.void_colours})
+        colours, inverse = np.unique(code, return_inverse=True)
+        unknown = [c for c in colours.tolist() if c not in lut]
+        if unknown:
+            shown = [[c >> 16, (c >> 8) & 255, c & 255] for c in unknown[:5]]
+            raise SampleError(f"mask {path}: colours {shown} are not in data.palette (nor data.void_colours)")
+        return np.array([lut[c] for c in colours.tolist()], dtype=np.uint8)[inverse].reshape(code.shape)
+
+    def options(self) -> dict[str, Any]:
+        return {"root": str(self.root), "images": self.image_dir, "masks": self.mask_dir,
+                "mask_format": self.mask_format, "palette": self.palette, "void_colours": self.void_colours,
+                "val_fraction": self.val_fraction, "seed": self.seed, "split_lists": self.split_lists}
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {**fingerprint(self.root, self.splits(), self.lists().values()), "unpaired_masks": self.unpaired_masks}
