@@ -1,7 +1,9 @@
 """`python -m segframe.bench`: throughput figures measured side by side in one run.
 
-  loader  samples/s of the shard pipeline (tar read + decode + augment), per worker count
-  step    LightningModule train step vs a bare PyTorch loop on the same model and batch
+  loader   samples/s of the shard pipeline (tar read + decode + augment), per worker count
+  step     LightningModule train step vs a bare PyTorch loop on the same model and batch
+  convert  samples/s of converting a generated VOC-format tree (VOC-size JPEGs, palette PNG
+           masks) into shards, per converter process count, and shard bytes / raw bytes
 
 Nothing here is asserted in tests: timings are printed, to be read and recorded.
 """
@@ -42,6 +44,72 @@ def bench_loader(shard_dir: Path, crop: int, batch: int, workers: list[int], sec
             rate = n / (time.perf_counter() - start)
             rows.append((label, w, rate, rate / max(w, 1)))
     return rows
+
+
+def _voc_pair(args: tuple[Path, str, int]) -> int:
+    """One VOC-like image (500x375 JPEG of smooth regions, edges and sensor noise, ~VOC's file
+    size) and its palette PNG label with a void outline; returns the bytes written."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFilter
+
+    from segframe.data.sources.voc import PALETTE
+
+    base, image_id, seed = args
+    rng = np.random.default_rng(seed)
+    w, h = 500, 375
+    small = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)  # scene texture: ~100 KiB JPEGs like VOC's
+    image = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
+    label = Image.new("P", (w, h), 0)
+    label.putpalette([c for colour in PALETTE for c in colour] + [224, 224, 192] * (256 - len(PALETTE)))
+    draw_image, draw_label = ImageDraw.Draw(image), ImageDraw.Draw(label)
+    for _ in range(int(rng.integers(1, 4))):
+        x0, y0 = int(rng.integers(0, w - 120)), int(rng.integers(0, h - 100))
+        box = [x0, y0, x0 + int(rng.integers(60, 200)), y0 + int(rng.integers(60, 200))]
+        cls = int(rng.integers(1, len(PALETTE)))
+        draw_image.ellipse(box, fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+        draw_label.ellipse(box, fill=cls, outline=255, width=5)  # VOC's 5-px void border
+    pixels = np.asarray(image.filter(ImageFilter.DETAIL), dtype=np.int16)
+    pixels = pixels + rng.normal(0, 6, pixels.shape).astype(np.int16)
+    jpg = base / "JPEGImages" / f"{image_id}.jpg"
+    png = base / "SegmentationClass" / f"{image_id}.png"
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(jpg, quality=90)
+    label.save(png)
+    return jpg.stat().st_size + png.stat().st_size
+
+
+def write_voc_tree(root: Path, num_images: int, num_val: int = 0) -> int:
+    """A VOCdevkit/VOC2012 tree of generated images; returns the raw bytes (images + labels)."""
+    import multiprocessing as mp
+
+    base = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    ids = [f"2012_{i:06d}" for i in range(num_images)]
+    num_val = num_val or num_images // 10
+    (base / "ImageSets/Segmentation/train.txt").write_text("".join(f"{i}\n" for i in ids[num_val:]))
+    (base / "ImageSets/Segmentation/val.txt").write_text("".join(f"{i}\n" for i in ids[:num_val]))
+    with mp.get_context("fork").Pool(os.cpu_count()) as pool:
+        return sum(pool.map(_voc_pair, [(base, i, n) for n, i in enumerate(ids)], chunksize=16))
+
+
+def bench_convert(num_images: int, workers: list[int], repeats: int) -> tuple[int, list[tuple[int, float, int]]]:
+    """(raw bytes, [(workers, samples/s, shard bytes)]) converting the same generated VOC tree."""
+    from segframe.data.shards import write_dataset
+    from segframe.data.sources.voc import CLASSES, PALETTE, VOCSource
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = write_voc_tree(Path(tmp) / "raw", num_images)
+        source = VOCSource(str(Path(tmp) / "raw" / "VOCdevkit" / "VOC2012"))
+        for _ in range(repeats):  # alternate worker counts so drift affects all alike
+            for w in workers:
+                out = Path(tmp) / f"shards{w}"
+                start = time.perf_counter()
+                manifest = write_dataset(source, out, "voc", CLASSES, PALETTE, shard_size=500, num_workers=w)
+                seconds = time.perf_counter() - start
+                shard_bytes = sum(s["bytes"] for v in manifest["splits"].values() for s in v["shards"])
+                rows.append((w, num_images / seconds, shard_bytes))
+    return raw, rows
 
 
 def _batch(batch: int, size: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,7 +165,7 @@ def bench_lightning(model: torch.nn.Module, batch: tuple, steps: int, warmup: in
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["loader", "step"], help="run one part")
+    parser.add_argument("--only", choices=["loader", "step", "convert"], help="run one part")
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--stride", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8)
@@ -107,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="bare/Lightning alternations (median reported)")
     parser.add_argument("--workers", default="0,1,2")
     parser.add_argument("--seconds", type=float, default=4.0, help="loader measuring time per setting")
+    parser.add_argument("--convert-images", type=int, default=1000, help="images in the generated VOC tree")
+    parser.add_argument("--convert-workers", default="1,2", help="converter process counts to compare")
     args = parser.parse_args(argv)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import logging
@@ -129,6 +199,23 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{'pipeline':<16} {'workers':>7} {'samples/s':>10} {'per worker':>10}")
         for label, w, rate, per in rows:
             print(f"{label:<16} {w:>7} {rate:>10.1f} {per:>10.1f}")
+
+    if args.only in (None, "convert"):
+        raw, rows = bench_convert(args.convert_images, [int(w) for w in args.convert_workers.split(",")],
+                                  args.repeats if args.only == "convert" else 1)
+        print(f"\nconvert (generated VOC tree: {args.convert_images} images 500x375 JPEG + palette PNG, "
+              f"{raw / args.convert_images / 1024:.0f} KiB per pair)")
+        print(f"{'workers':>7} {'samples/s':>10} {'shard/raw bytes':>16}   target >= 150 samples/s on 2 cores")
+        for w, rate, shard_bytes in rows:
+            print(f"{w:>7} {rate:>10.1f} {shard_bytes / raw:>16.3f}")
+        by_workers: dict[int, list[float]] = {}
+        for w, rate, _ in rows:
+            by_workers.setdefault(w, []).append(rate)
+        if len(by_workers) > 1:
+            lo, hi = min(by_workers), max(by_workers)
+            ratio = statistics.median(by_workers[hi]) / statistics.median(by_workers[lo])
+            print(f"speed-up {hi} vs {lo} worker(s): {ratio:.2f}x; the 12,031 VOC-aug images would take "
+                  f"{12031 / statistics.median(by_workers[hi]):.0f} s with {hi}")
 
     if args.only in (None, "step"):
         from segframe.models.fcn import FCN

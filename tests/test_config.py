@@ -25,9 +25,13 @@ def _compose(overrides: list[str], name: str = "train"):
         return compose(config_name=name, overrides=overrides)
 
 
+# options with mandatory values (`???`) the user must give
+REQUIRED = {("data", "folder"): ["data.root=/my/data", "data.classes=[background,cell]"]}
+
+
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in _options(g)])
 def test_every_group_option_composes_and_resolves(group, option):
-    cfg = _compose([f"{group}={option}"])
+    cfg = _compose([f"{group}={option}", *REQUIRED.get((group, option), [])])
     OmegaConf.to_container(cfg, resolve=True)
     check_keys(cfg, "train")
 

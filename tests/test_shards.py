@@ -111,6 +111,8 @@ def test_array_images_become_png(tmp_path):
         (RawSample("sz", _jpeg(10, 12, 0), np.zeros((10, 13), np.uint8)), "12x10"),
         (RawSample("lbl", _jpeg(10, 12, 0), np.full((10, 12), 7, np.uint8)), "[7]"),
         (RawSample("cor", b"\xff\xd8\xff\xe0garbage", np.zeros((10, 12), np.uint8)), "cannot decode image"),
+        # a JPEG cut short: its header (and size) read fine, the entropy-coded data does not
+        (RawSample("cut", _jpeg(64, 64, 0)[:600], np.zeros((64, 64), np.uint8)), "cannot decode image"),
     ],
 )
 def test_bad_samples_stop_conversion_and_leave_nothing(tmp_path, bad, message):

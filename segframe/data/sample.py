@@ -38,7 +38,7 @@ class RawSample:
 
     id: str
     image: bytes | np.ndarray  # encoded file bytes, or an HxWx3 uint8 array
-    mask: np.ndarray  # HxW uint8 class indices
+    mask: np.ndarray | bytes  # HxW uint8 class indices, or an L/P PNG's bytes whose values are the indices
     source: str = ""  # where it came from (file path or generator), for error messages
 
 
@@ -83,6 +83,21 @@ def decode_mask(data: bytes, name: str = "mask") -> np.ndarray:
         raise SampleError(f"{name}: cannot decode mask ({exc})") from exc
 
 
+def check_image(data: bytes, name: str = "image") -> tuple[int, int]:
+    """Decode an encoded image enough to catch corrupt or truncated files; returns (height, width).
+    JPEGs decode through libjpeg's 1/8 DCT scaling: every entropy-coded byte is still read, so a
+    truncated or broken stream fails as in a full decode, at a fraction of the cost."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+            if im.format == "JPEG":
+                im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+            im.load()
+    except Exception as exc:  # PIL raises many types for corrupt data
+        raise SampleError(f"{name}: cannot decode image ({exc})") from exc
+    return height, width
+
+
 def check_mask(mask: np.ndarray, num_classes: int, name: str) -> None:
     """Labels must be 0..C-1 or IGNORE_INDEX."""
     bad = (mask >= num_classes) & (mask != IGNORE_INDEX)
@@ -102,12 +117,19 @@ def encode_sample(raw: RawSample, split: str, num_classes: int) -> tuple[dict[st
         ext, image_bytes, size = "png", encode_png(raw.image), raw.image.shape[:2]
     else:
         ext = image_format(raw.image)
-        decoded = decode_image(raw.image, name)  # validates that it decodes at all
-        size = decoded.shape[:2]
         image_bytes = bytes(raw.image)
         if ext is None:  # e.g. BMP/TIFF: store as PNG so readers only need jpg/png
-            ext, image_bytes = "png", encode_png(decoded)
-    mask = np.asarray(raw.mask)
+            decoded = decode_image(raw.image, name)
+            ext, image_bytes, size = "png", encode_png(decoded), decoded.shape[:2]
+        else:
+            size = check_image(image_bytes, name)
+    mask_bytes = None
+    if isinstance(raw.mask, (bytes, bytearray)):
+        # an index/palette PNG is already in the shard's mask format: keep its bytes, no re-encode
+        mask_bytes = bytes(raw.mask) if image_format(raw.mask) == "png" else None
+        mask = decode_mask(bytes(raw.mask), f"{name} (mask)")
+    else:
+        mask = np.asarray(raw.mask)
     if mask.ndim != 2 or mask.dtype != np.uint8:
         raise SampleError(f"{name}: mask must be HxW uint8, got shape {mask.shape} dtype {mask.dtype}")
     if mask.shape != tuple(size):
@@ -119,7 +141,7 @@ def encode_sample(raw: RawSample, split: str, num_classes: int) -> tuple[dict[st
     entries = {
         "__key__": make_key(raw.id),
         ext: image_bytes,
-        MASK_EXT: encode_png(mask),
+        MASK_EXT: mask_bytes if mask_bytes is not None else encode_png(mask),
         META_EXT: json.dumps(meta).encode("utf-8"),
     }
     return entries, mask

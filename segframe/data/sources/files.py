@@ -78,6 +78,20 @@ def read_index_png(path: str | Path) -> np.ndarray:
         raise SampleError(f"mask {path} cannot be decoded ({exc})") from exc
 
 
+def index_png_bytes(path: str | Path) -> bytes:
+    """An index or palette PNG's own bytes, after checking its header says single-channel; the
+    shard writer decodes it once to validate and count, and stores the bytes as they are."""
+    data = read_file(path, "mask")
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # reads the header only
+            mode, fmt = im.mode, im.format
+    except Exception as exc:
+        raise SampleError(f"mask {path} cannot be decoded ({exc})") from exc
+    if fmt != "PNG" or mode not in ("L", "P"):
+        raise SampleError(f"mask {path} is a {fmt} of mode {mode!r}; expected a single-channel index or palette PNG")
+    return data
+
+
 def load_pair(item: Item, read_mask: Any = read_index_png) -> RawSample:
     """Image bytes kept as they are on disk (the shard writer never re-encodes JPEG/PNG)."""
     sample_id, image_path, mask_path = item

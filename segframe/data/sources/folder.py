@@ -69,13 +69,14 @@ class FolderSource:
     def load(self, item: Item) -> RawSample:
         return load_pair(item, self.read_mask)
 
-    def read_mask(self, path: str | Path) -> np.ndarray:
+    def read_mask(self, path: str | Path) -> np.ndarray | bytes:
         data = read_file(path, "mask")
         try:
             with Image.open(io.BytesIO(data)) as im:
                 mode = im.mode
                 if mode in ("L", "P") and self.mask_format != "rgb":
-                    return np.asarray(im, dtype=np.uint8).copy()
+                    # an index PNG is stored as it is; other formats are decoded to indices
+                    return data if im.format == "PNG" else np.asarray(im, dtype=np.uint8).copy()
                 if mode in ("RGB", "RGBA") and self.mask_format != "index":
                     return self._colours_to_index(np.asarray(im.convert("RGB")), path)
         except SampleError:

@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from segframe.data.sample import RawSample, SampleError
-from segframe.data.sources.files import (Item, bit_palette, fingerprint, load_pair, read_ids, read_index_png,
-                                         require)
+from segframe.data.sources.files import Item, bit_palette, fingerprint, index_png_bytes, load_pair, read_ids, require
 
 log = logging.getLogger("segframe")
 
@@ -60,8 +59,8 @@ def read_sbd_mat(path: str | Path) -> np.ndarray:
     return seg.astype(np.uint8)
 
 
-def _read_mask(path: str | Path) -> np.ndarray:
-    return read_sbd_mat(path) if str(path).endswith(".mat") else read_index_png(path)
+def _read_mask(path: str | Path) -> np.ndarray | bytes:
+    return read_sbd_mat(path) if str(path).endswith(".mat") else index_png_bytes(path)
 
 
 class VOCSource:
@@ -82,7 +81,7 @@ class VOCSource:
         return self._items
 
     def load(self, item: Item) -> RawSample:
-        return load_pair(item, read_index_png)
+        return load_pair(item, index_png_bytes)
 
     def options(self) -> dict[str, Any]:
         return {"root": str(self.root), "splits": self.split_names}
