@@ -326,3 +326,22 @@ def test_rerun_after_a_killed_conversion(tmp_path):
     manifest = read_manifest(out)
     assert manifest["splits"]["train"]["num_samples"] == 4 and verify(out) == []
     assert json.loads((out / "manifest.json").read_text())["source"]["options"]["root"] == str(base)
+
+
+def test_converted_voc_trains_and_evaluates_like_any_dataset(tmp_path):
+    """Variable-size VOC images with void borders go through the same train -> eval path as shapes."""
+    base = make_voc(tmp_path / "raw", ["t1", "t2", "t3", "t4"], ["v1", "v2", "v3"], value=15)
+    data = tmp_path / "data"
+    assert run_cli("convert", "data=voc", f"data.root={base}", f"paths.data_dir={data}", cwd=tmp_path).returncode == 0
+    run = tmp_path / "run"
+    result = run_cli("train", "data=voc", f"paths.data_dir={data}", "model.backbone=resnet18", "model.pretrained=false",
+                     "data.crop_size=32", "datamodule.batch_size=2", "datamodule.eval_batch_size=2",
+                     "datamodule.num_workers=0", "trainer.max_epochs=1", "report.num_images=2",
+                     "logger=none", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["dataset"] == "voc" and metrics["num_samples"] == 3 and len(metrics["classes"]) == 21
+    # every val pixel counted once, except the void (255) outlines
+    labelled = sum(int((np.asarray(Image.open(base / "SegmentationClass" / f"{i}.png")) != 255).sum())
+                   for i in ("v1", "v2", "v3"))
+    assert sum(map(sum, metrics["confusion_matrix"])) == labelled

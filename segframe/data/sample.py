@@ -70,13 +70,29 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
         raise SampleError(f"{name}: cannot decode image ({exc})") from exc
 
 
+# PIL scales 2- and 4-bit greyscale PNGs to 0..255 (as the PNG spec says for display); a mask's
+# stored values are class ids, so they are scaled back
+_LOW_BIT_SCALE = {"L;2": 85, "L;4": 17}
+
+
+def mask_indices(im: Image.Image, name: str = "mask") -> np.ndarray:
+    """The class ids an opened (not yet loaded) mask image stores: 8-bit L, or P read as palette
+    indices (never through RGB), 1-bit as 0/1, low-bit greyscale PNGs unscaled. HxW uint8."""
+    rawmode = im.tile[0].args if im.tile and isinstance(im.tile[0].args, str) else im.mode
+    if im.mode == "1":
+        return np.asarray(im, dtype=np.uint8)
+    if im.mode not in ("L", "P"):
+        raise SampleError(f"{name}: mask has mode {im.mode!r}, expected a single-channel index or palette image")
+    values = np.asarray(im, dtype=np.uint8)
+    scale = _LOW_BIT_SCALE.get(rawmode)
+    return values // scale if scale else values.copy()
+
+
 def decode_mask(data: bytes, name: str = "mask") -> np.ndarray:
     """PNG bytes -> HxW uint8 class indices, read as indices (mode L or P), never via RGB."""
     try:
         with Image.open(io.BytesIO(data)) as im:
-            if im.mode not in ("L", "P"):
-                raise SampleError(f"{name}: mask PNG has mode {im.mode!r}, expected single-channel 'L' or 'P'")
-            return np.asarray(im, dtype=np.uint8).copy()
+            return mask_indices(im, name)
     except SampleError:
         raise
     except Exception as exc:

@@ -87,6 +87,12 @@ class _SplitWriter:
         self._close_current()
         return self.shards
 
+    def abort(self) -> None:
+        """Close the open tar without recording it (its directory is about to be removed)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
 
 _WORKER_SOURCE: Source | None = None
 
@@ -137,6 +143,7 @@ def write_dataset(
     _remove_stale(out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     tmp.mkdir()
+    writer: _SplitWriter | None = None
     try:
         splits: dict[str, Any] = {}
         skipped: list[dict[str, Any]] = []
@@ -184,6 +191,8 @@ def write_dataset(
         _write_json_atomic(tmp / MANIFEST, manifest)
         _swap_into_place(tmp, out)
     except BaseException:
+        if writer is not None:
+            writer.abort()  # an open file would keep the directory from being removed on Windows
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
@@ -218,9 +227,12 @@ class _pool:
 
 def _remove_stale(out: Path) -> None:
     """Leftovers of an interrupted conversion (its process is gone) are deleted, never read."""
-    for stale in out.parent.glob(f".{out.name}.*-*"):
+    # exactly `.NAME.partial-PID` / `.NAME.old-PID`: never another dataset's `.NAME.v2.partial-PID`
+    stale_dirs = [p for kind in ("partial", "old") for p in out.parent.glob(f".{out.name}.{kind}-*")
+                  if p.name.rsplit("-", 1)[-1].isdigit()]
+    for stale in stale_dirs:
         pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+        if int(pid) != os.getpid() and _alive(int(pid)):
             raise RuntimeError(f"another conversion (pid {pid}) is writing {stale}; wait for it or kill it")
         shutil.rmtree(stale, ignore_errors=True)
 

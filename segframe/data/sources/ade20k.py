@@ -60,15 +60,18 @@ class ADE20KSource:
         self.root = Path(root)
         self.split_dirs = dict(splits or {"train": "training", "val": "validation"})
         self._items: dict[str, list[Item]] | None = None
+        self.unpaired_masks: list[str] = []
 
     def splits(self) -> dict[str, list[Item]]:
         if self._items is None:
             dirs = [f"{kind}/{d}" for d in self.split_dirs.values() for kind in ("images", "annotations")]
             require("ade20k", self.root, dirs, URL, LAYOUT)
-            self._items = {
-                split: pairs_by_stem(self.root / "images" / d, self.root / "annotations" / d, ("jpg",), ("png",))[0]
-                for split, d in self.split_dirs.items()
-            }
+            self._items = {}
+            for split, d in self.split_dirs.items():
+                items, orphans = pairs_by_stem(self.root / "images" / d, self.root / "annotations" / d,
+                                               ("jpg",), ("png",))
+                self._items[split] = items
+                self.unpaired_masks += [str(p) for p in orphans]
         return self._items
 
     def load(self, item: Item) -> RawSample:
@@ -78,4 +81,4 @@ class ADE20KSource:
         return {"root": str(self.root), "splits": self.split_dirs}
 
     def fingerprint(self) -> dict[str, Any]:
-        return fingerprint(self.root, self.splits())
+        return {**fingerprint(self.root, self.splits()), "unpaired_masks": self.unpaired_masks}

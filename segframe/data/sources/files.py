@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segframe.data.sample import RawSample, SampleError
+from segframe.data.sample import RawSample, SampleError, mask_indices
 
 Item = tuple[str, str, "str | None"]
+log = logging.getLogger("segframe")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -61,35 +63,33 @@ def read_file(path: str | Path, what: str) -> bytes:
         raise SampleError(f"{what} file {path} is missing") from None
 
 
-def read_index_png(path: str | Path) -> np.ndarray:
-    """An index mask (mode L, or P read as palette indices, never through RGB) -> HxW uint8."""
+def _open_mask(path: str | Path, keep_bytes: bool) -> np.ndarray | bytes:
     data = read_file(path, "mask")
     try:
         with Image.open(io.BytesIO(data)) as im:
-            if im.mode not in ("L", "P"):
+            if im.mode not in ("1", "L", "P"):
                 raise SampleError(
-                    f"mask {path} has mode {im.mode!r}; expected a single-channel index or palette PNG "
-                    "(an RGB-coloured mask needs data=folder with mask_format=rgb and a palette)"
+                    f"mask {path} is a {im.format} of mode {im.mode!r}; expected a single-channel index or palette "
+                    "image (an RGB-coloured mask needs data=folder with a palette)"
                 )
-            return np.asarray(im, dtype=np.uint8).copy()
+            if keep_bytes and im.format == "PNG" and im.mode in ("L", "P") and im.tile[0].args in ("L", "P"):
+                return data  # 8-bit: already the shard's mask format
+            return mask_indices(im, f"mask {path}")
     except SampleError:
         raise
     except Exception as exc:  # PIL raises many types for corrupt data
         raise SampleError(f"mask {path} cannot be decoded ({exc})") from exc
 
 
-def index_png_bytes(path: str | Path) -> bytes:
-    """An index or palette PNG's own bytes, after checking its header says single-channel; the
-    shard writer decodes it once to validate and count, and stores the bytes as they are."""
-    data = read_file(path, "mask")
-    try:
-        with Image.open(io.BytesIO(data)) as im:  # reads the header only
-            mode, fmt = im.mode, im.format
-    except Exception as exc:
-        raise SampleError(f"mask {path} cannot be decoded ({exc})") from exc
-    if fmt != "PNG" or mode not in ("L", "P"):
-        raise SampleError(f"mask {path} is a {fmt} of mode {mode!r}; expected a single-channel index or palette PNG")
-    return data
+def read_index_png(path: str | Path) -> np.ndarray:
+    """An index mask (mode L, or P read as palette indices, never through RGB) -> HxW uint8."""
+    return _open_mask(path, keep_bytes=False)  # type: ignore[return-value]
+
+
+def index_png_bytes(path: str | Path) -> np.ndarray | bytes:
+    """An 8-bit index or palette PNG's own bytes (the shard writer decodes it once to validate and
+    count, and stores the bytes as they are); other index images (1/2/4-bit) decoded to ids."""
+    return _open_mask(path, keep_bytes=True)
 
 
 def load_pair(item: Item, read_mask: Any = read_index_png) -> RawSample:
@@ -165,4 +165,6 @@ def pairs_by_stem(image_dir: Path, mask_dir: Path, image_exts: Sequence[str], ma
     images, masks = stems(image_dir, image_exts, image_suffix), stems(mask_dir, mask_exts, mask_suffix)
     items = [(stem, str(path), str(masks[stem]) if stem in masks else None) for stem, path in images.items()]
     orphans = [path for stem, path in masks.items() if stem not in images]
+    if orphans:  # not an error (nothing to train on), but a user should know; the fingerprint lists them
+        log.warning("%d mask(s) in %s have no image in %s, e.g. %s", len(orphans), mask_dir, image_dir, orphans[0].name)
     return items, orphans

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segframe.data.sample import IGNORE_INDEX, RawSample, SampleError
+from segframe.data.sample import IGNORE_INDEX, RawSample, SampleError, mask_indices
 from segframe.data.sources.files import (Item, fingerprint, load_pair, pairs_by_stem, read_file, read_ids,
                                          require)
 from segframe.data.sources.splits import seeded_split, split_by_lists
@@ -74,16 +74,18 @@ class FolderSource:
         try:
             with Image.open(io.BytesIO(data)) as im:
                 mode = im.mode
-                if mode in ("L", "P") and self.mask_format != "rgb":
-                    # an index PNG is stored as it is; other formats are decoded to indices
-                    return data if im.format == "PNG" else np.asarray(im, dtype=np.uint8).copy()
+                if mode in ("1", "L", "P") and self.mask_format != "rgb":
+                    # an 8-bit index PNG is stored as it is; other index images are decoded to ids
+                    if im.format == "PNG" and mode != "1" and im.tile[0].args in ("L", "P"):
+                        return data
+                    return mask_indices(im, f"mask {path}")
                 if mode in ("RGB", "RGBA") and self.mask_format != "index":
                     return self._colours_to_index(np.asarray(im.convert("RGB")), path)
         except SampleError:
             raise
         except Exception as exc:
             raise SampleError(f"mask {path} cannot be decoded ({exc})") from exc
-        want = {"auto": "L, P, RGB or RGBA", "index": "L or P", "rgb": "RGB or RGBA"}[self.mask_format]
+        want = {"auto": "1, L, P, RGB or RGBA", "index": "1, L or P", "rgb": "RGB or RGBA"}[self.mask_format]
         raise SampleError(f"mask {path} has mode {mode!r}; data.mask_format={self.mask_format} expects {want}")
 
     def _colours_to_index(self, rgb: np.ndarray, path: str | Path) -> np.ndarray:

@@ -47,6 +47,7 @@ class KvasirSegSource:
         self.root, self.num_val, self.seed = Path(root), int(num_val), int(seed)
         self.split_dir = Path(split_dir) if split_dir else None
         self._items: dict[str, list[Item]] | None = None
+        self.unpaired_masks: list[str] = []
 
     def lists(self) -> list[Path]:
         return [self.split_dir / "train.txt", self.split_dir / "val.txt"] if self.split_dir else []
@@ -54,8 +55,11 @@ class KvasirSegSource:
     def splits(self) -> dict[str, list[Item]]:
         if self._items is None:
             require("kvasir_seg", self.root, ["images", "masks"], URL, LAYOUT)
-            items, _ = pairs_by_stem(self.root / "images", self.root / "masks", ("jpg", "jpeg"), ("jpg", "jpeg"))
+            items, orphans = pairs_by_stem(self.root / "images", self.root / "masks", ("jpg", "jpeg"), ("jpg", "jpeg"))
+            self.unpaired_masks = [str(p) for p in orphans]
             if self.split_dir:
+                require("kvasir_seg", self.split_dir, ["train.txt", "val.txt"], URL,
+                        "  <data.split_dir>\n    train.txt val.txt    (one image file stem per line)", "data.split_dir")
                 lists = {p.stem: read_ids(p) for p in self.lists()}
                 self._items = split_by_lists(items, lists, f"kvasir_seg split_dir {self.split_dir}")
             else:
@@ -70,4 +74,4 @@ class KvasirSegSource:
                 "split_dir": str(self.split_dir) if self.split_dir else None}
 
     def fingerprint(self) -> dict[str, Any]:
-        return fingerprint(self.root, self.splits(), self.lists())
+        return {**fingerprint(self.root, self.splits(), self.lists()), "unpaired_masks": self.unpaired_masks}

@@ -25,7 +25,13 @@ def split_by_lists(items: Sequence[Item], lists: Mapping[str, Sequence[str]], wh
     """Each split holds the items whose id its list names; an id with no image is an error."""
     by_id = {it[0]: it for it in items}
     out: dict[str, list[Item]] = {}
+    seen: dict[str, str] = {}
     for split, ids in lists.items():
+        leaked = [i for i in ids if i in seen]
+        if leaked:  # an image in two splits would leak training data into evaluation
+            raise SampleError(f"{where}: {leaked[:5]} listed in both {seen[leaked[0]]!r} and {split!r}; "
+                              "each image belongs to one split")
+        seen.update(dict.fromkeys(ids, split))
         unknown = [i for i in ids if i not in by_id]
         if unknown:
             raise SampleError(f"{where}: split {split!r} lists {len(unknown)} id(s) with no image, e.g. {unknown[:5]}")

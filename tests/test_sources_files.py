@@ -1,0 +1,75 @@
+"""Shared converter pieces: list-file splits, low-bit-depth masks, stale temporary directories."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segframe.data.sample import SampleError, decode_mask
+from segframe.data.shards import read_manifest, write_dataset
+from segframe.data.sources.files import DatasetNotFoundError, index_png_bytes, read_index_png
+from segframe.data.sources.kvasir import KvasirSegSource
+from segframe.data.sources.splits import split_by_lists
+from segframe.data.sources.voc import CLASSES, PALETTE, VOCSource
+
+ITEMS = [(f"id{i}", f"images/id{i}.jpg", f"masks/id{i}.png") for i in range(4)]
+
+
+def test_an_image_listed_in_two_splits_is_refused():
+    with pytest.raises(SampleError, match=r"\['id1'\] listed in both 'train' and 'val'"):
+        split_by_lists(ITEMS, {"train": ["id0", "id1"], "val": ["id1", "id2"]}, "lists")
+    assert split_by_lists(ITEMS, {"train": ["id3", "id0"], "val": ["id2"]}, "lists")["train"] == [ITEMS[3], ITEMS[0]]
+
+
+def test_kvasir_split_dir_without_val_list_says_what_is_missing(tmp_path):
+    for sub in ("images", "masks"):
+        (tmp_path / "Kvasir-SEG" / sub).mkdir(parents=True)
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "train.txt").write_text("a\n")
+    with pytest.raises(DatasetNotFoundError, match=r"missing val\.txt[\s\S]*data\.split_dir="):
+        KvasirSegSource(str(tmp_path / "Kvasir-SEG"), split_dir=str(tmp_path / "lists")).splits()
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_low_bit_depth_index_pngs_keep_their_class_ids(tmp_path, bits):
+    """PIL scales 2/4-bit greyscale PNGs to 0..255 for display; a mask's values are class ids."""
+    values = np.array([[0, 1, 1, 0], [1, 0, 0, 1]] if bits == 1 else [[0, 1, 2, 3], [3, 2, 1, 0]], np.uint8)
+    path = tmp_path / "m.png"
+    if bits == 1:
+        Image.fromarray(values.astype(bool)).save(path)
+    else:
+        Image.fromarray(values).save(path, bits=bits)
+    assert np.array_equal(read_index_png(path), values)
+    kept = index_png_bytes(path)
+    assert np.array_equal(decode_mask(kept) if isinstance(kept, bytes) else kept, values)
+    assert isinstance(kept, bytes) == (bits == 8)  # only 8-bit PNGs are stored as they are
+
+
+def test_stale_cleanup_leaves_other_datasets_alone(tmp_path):
+    """`.cells.partial-PID` of a dead run is removed; `.cells.v2.partial-PID` belongs to dataset `cells.v2`."""
+    base = tmp_path / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / sub).mkdir(parents=True)
+    for split, image_id in (("train", "a"), ("val", "b")):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(base / "JPEGImages" / f"{image_id}.jpg")
+        Image.fromarray(np.zeros((8, 8), np.uint8), mode="P").save(base / "SegmentationClass" / f"{image_id}.png")
+        (base / "ImageSets/Segmentation" / f"{split}.txt").write_text(f"{image_id}\n")
+    out = tmp_path / "data" / "cells"
+    out.parent.mkdir()
+    dead = out.parent / ".cells.partial-999999999"
+    sibling = out.parent / f".cells.v2.partial-{os.getpid()}"  # alive: this very process
+    dead.mkdir()
+    sibling.mkdir()
+    write_dataset(VOCSource(str(base)), out, "cells", CLASSES, PALETTE)
+    assert not dead.exists() and sibling.exists() and read_manifest(out)["splits"]["val"]["num_samples"] == 1
+
+
+def test_decode_mask_refuses_rgb():
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(buf, "PNG")
+    with pytest.raises(SampleError, match="mode 'RGB'"):
+        decode_mask(buf.getvalue())
