@@ -21,6 +21,31 @@ def to_input(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0) if images.dtype == torch.uint8 else images
 
 
+CLASS_WEIGHTINGS = ("none", "median_frequency", "inverse_frequency")
+
+
+def class_weights(class_pixels: Sequence[int], method: str) -> list[float] | None:
+    """Loss weights per class from the training split's pixel counts (the manifest's `class_pixels`).
+    median_frequency: median(f) / f_c (Eigen & Fergus, ICCV 2015, over total counts);
+    inverse_frequency: 1 / f_c scaled to mean 1. Classes with no pixels get weight 1."""
+    if method not in CLASS_WEIGHTINGS:
+        raise ValueError(f"module.class_weighting must be one of {CLASS_WEIGHTINGS}, got {method!r}")
+    if method == "none":
+        return None
+    counts = torch.tensor(list(class_pixels), dtype=torch.float64)
+    present = counts > 0
+    if not present.any():
+        raise ValueError("module.class_weighting needs pixel counts, but every class has 0 pixels in the manifest")
+    freq = counts / counts.sum()
+    weights = torch.ones_like(freq)
+    if method == "median_frequency":
+        weights[present] = freq[present].median() / freq[present]
+    else:
+        inverse = 1.0 / freq[present]
+        weights[present] = inverse / inverse.mean()
+    return [float(w) for w in weights]
+
+
 class SegModule(pl.LightningModule):
     def __init__(
         self,
@@ -32,6 +57,8 @@ class SegModule(pl.LightningModule):
         loss_reduction: str = "mean",
         bias_lr_mult: float = 1.0,
         bias_weight_decay: bool = True,
+        class_weighting: str = "none",
+        class_pixels: Sequence[int] | None = None,
         model_config: dict[str, Any] | None = None,
         config: dict[str, Any] | None = None,
     ):
@@ -47,6 +74,11 @@ class SegModule(pl.LightningModule):
         self.classes, self.palette = list(classes), [list(c) for c in palette]
         self.loss_reduction = loss_reduction
         self.bias_lr_mult, self.bias_weight_decay = bias_lr_mult, bias_weight_decay
+        weights = class_weights(class_pixels or [0] * len(self.classes), class_weighting) \
+            if class_weighting != "none" else None
+        # a buffer: moves with the module to the GPU; not persistent, it is rebuilt from the hparams
+        self.register_buffer("class_weight", torch.tensor(weights, dtype=torch.float32) if weights else None,
+                             persistent=False)
         self.val_cm = ConfusionMatrix(len(self.classes))
         self.test_cm = ConfusionMatrix(len(self.classes))
         self.last_confmat: dict[str, torch.Tensor] = {}
@@ -55,7 +87,7 @@ class SegModule(pl.LightningModule):
         return self.model(to_input(images))
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX, reduction="sum")
+        loss = F.cross_entropy(logits, masks, weight=self.class_weight, ignore_index=IGNORE_INDEX, reduction="sum")
         if self.loss_reduction == "mean":
             # mean over valid pixels; a crop that is all ignore gives 0, not NaN
             loss = loss / (masks != IGNORE_INDEX).sum().clamp_min(1)

@@ -16,7 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from segframe.data.shards import MANIFEST, ManifestError, read_manifest, verify, write_dataset
+from segframe.data.shards import MANIFEST, ManifestError, read_manifest, split_info, verify, write_dataset
 from segframe.paths import CONF_DIR
 
 log = logging.getLogger("segframe")
@@ -173,6 +173,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         model=instantiate(cfg.model), optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         classes=dm.classes, palette=dm.palette, **plain(cfg.module),
+        class_pixels=split_info(dm.manifest, dm.train_split, dm.shard_dir)["class_pixels"],  # for class_weighting
         model_config=plain(cfg.model), config=plain(cfg),
     )
     ckpt_dir = run_dir / "checkpoints"

@@ -26,7 +26,7 @@ def _compose(overrides: list[str], name: str = "train"):
 
 
 # options with mandatory values (`???`) the user must give
-REQUIRED = {("data", "folder"): ["data.root=/my/data", "data.classes=[background,cell]"]}
+REQUIRED = {("data", "folder"): ["data.classes=[background,cell]"]}
 
 
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in _options(g)])

@@ -337,7 +337,8 @@ def test_converted_voc_trains_and_evaluates_like_any_dataset(tmp_path):
     result = run_cli("train", "data=voc", f"paths.data_dir={data}", "model.backbone=resnet18", "model.pretrained=false",
                      "data.crop_size=32", "datamodule.batch_size=2", "datamodule.eval_batch_size=2",
                      "datamodule.num_workers=0", "trainer.max_epochs=1", "report.num_images=2",
-                     "logger=none", f"hydra.run.dir={run}", cwd=tmp_path)
+                     "logger=none", "module.class_weighting=median_frequency", f"hydra.run.dir={run}",
+                     cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["dataset"] == "voc" and metrics["num_samples"] == 3 and len(metrics["classes"]) == 21
