@@ -110,8 +110,8 @@ def _stale(manifest: dict[str, Any], source: Any) -> list[str]:
     try:
         if recorded.get("fingerprint") != json.loads(json.dumps(source.fingerprint())):
             lines.append("the raw files (lists, names or sizes) changed since it was converted")
-    except FileNotFoundError:
-        pass  # raw data removed after conversion: the shards are all that is needed
+    except (OSError, ValueError):
+        pass  # raw data moved or removed after conversion: the shards are all that is needed
     return lines
 
 

@@ -689,7 +689,7 @@ def test_aborted_conversion_closes_its_shard_file(tmp_path):
     ("ade20k", lambda r: ADE20KSource(r), ["images/training", "annotations/training", "images/validation"],
      "http://sceneparsing.csail.mit.edu/"),
     ("kvasir_seg", lambda r: KvasirSegSource(r), ["images", "masks"], "https://datasets.simula.no/kvasir-seg/"),
-    ("folder", lambda r: FolderSource(r), ["images", "masks"], "your own data (no download)"),
+    ("folder", lambda r: FolderSource(r), ["images", "masks"], "Put your files there so that it looks like"),
 ])
 def test_missing_root(tmp_path, name, make, missing, url):
     root = tmp_path / "raw" / "not_there"

@@ -27,24 +27,22 @@ class DatasetNotFoundError(FileNotFoundError):
     """The raw dataset is not where the config says, or is incomplete."""
 
 
-def missing_dataset(name: str, root: str | Path, missing: Sequence[str], url: str, layout: str,
-                    root_key: str = "data.root") -> DatasetNotFoundError:
-    """The one message a user gets for a missing or incomplete raw dataset: what is missing,
-    where to download it, the layout expected, and the command to run once it is there."""
-    return DatasetNotFoundError(
+def require(name: str, root: Path, relative: Iterable[str], url: str | None, layout: str,
+            root_key: str = "data.root") -> None:
+    """Unless every relative path exists under root, raise the one message a user gets for a
+    missing or incomplete raw dataset: what is missing, where to download it (`url`; None for
+    the user's own data), the layout expected, and the command to run once it is there."""
+    missing = [rel for rel in relative if not (root / rel).exists()]
+    if not missing:
+        return
+    where = (f"Download it from {url} (segframe never downloads datasets) and extract it" if url
+             else "Put your files there")
+    raise DatasetNotFoundError(
         f"{name}: raw dataset not found or incomplete at {root}: missing {', '.join(missing)}.\n"
-        f"Download it from {url} (segframe never downloads datasets) and extract it so that it looks like:\n"
+        f"{where} so that it looks like:\n"
         f"{layout.rstrip().replace('<data.root>', f'<{root_key}>')}\n"
         f"Then run: python -m segframe.convert data={name} {root_key}=/path/to/it"
     )
-
-
-def require(name: str, root: Path, relative: Iterable[str], url: str, layout: str,
-            root_key: str = "data.root") -> None:
-    """Raise `missing_dataset` unless every relative path exists under root."""
-    missing = [rel for rel in relative if not (root / rel).exists()]
-    if missing:
-        raise missing_dataset(name, root, missing, url, layout, root_key)
 
 
 def read_ids(path: Path) -> list[str]:

@@ -54,7 +54,7 @@ class FolderSource:
         if self._items is not None:
             return self._items
         require("folder", self.root, [self.image_dir, self.mask_dir, *map(str, self.split_lists.values())],
-                "your own data (no download)", LAYOUT.format(images=", ".join(IMAGE_EXTS)))
+                None, LAYOUT.format(images=", ".join(IMAGE_EXTS)))
         items, orphans = pairs_by_stem(self.root / self.image_dir, self.root / self.mask_dir, IMAGE_EXTS, MASK_EXTS)
         self.unpaired_masks = [str(p) for p in orphans]
         if not items:
