@@ -18,10 +18,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from hydra.errors import InstantiationException
 
     from segframe.data.sample import SampleError
-    from segframe.data.shards import ManifestError
+    from segframe.data.shards import ConversionInProgress, ManifestError
     from segframe.models.backbones import PretrainedWeightsError
 
-    return (ValueError, FileNotFoundError, ManifestError, SampleError, PretrainedWeightsError, InstantiationException)
+    return (ValueError, FileNotFoundError, ManifestError, SampleError, PretrainedWeightsError, InstantiationException,
+            ConversionInProgress)
 
 
 def run(job: Callable[[], T]) -> T:
@@ -40,8 +41,17 @@ def run(job: Callable[[], T]) -> T:
         message = str(exc)
         if exc.__cause__ is not None and str(exc.__cause__) not in message:
             message += f"\ncaused by: {exc.__cause__}"
+        _log_to_files(f"{type(exc).__name__}: {message}")
         print(f"\nerror: {message}\n(set SEGFRAME_TRACEBACK=1 for the full traceback)", file=sys.stderr)
         sys.exit(1)
+
+
+def _log_to_files(message: str) -> None:
+    """Record the error in the run's log file (Hydra's job log) without printing it twice on the console."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _multirun() -> bool:

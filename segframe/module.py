@@ -89,8 +89,11 @@ class SegModule(pl.LightningModule):
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(logits, masks, weight=self.class_weight, ignore_index=IGNORE_INDEX, reduction="sum")
         if self.loss_reduction == "mean":
-            # mean over valid pixels; a crop that is all ignore gives 0, not NaN
-            loss = loss / (masks != IGNORE_INDEX).sum().clamp_min(1)
+            # mean over valid pixels (weighted: over their weights, as torch's mean does, so class
+            # weighting does not rescale the loss); a crop that is all ignore gives 0, not NaN
+            valid = masks != IGNORE_INDEX
+            total = self.class_weight[masks[valid]].sum() if self.class_weight is not None else valid.sum()
+            loss = loss / total.clamp_min(1e-12 if self.class_weight is not None else 1)
         return loss
 
     def on_train_epoch_start(self) -> None:

@@ -47,7 +47,13 @@ def check_keys(cfg: DictConfig, primary: str) -> None:
 
 
 def convert_command(data: DictConfig) -> str:
-    return f"python -m segframe.convert data={data.name}"
+    """The convert command for `data` as composed now: its config file, and the dataset name when
+    that differs (`data=folder data.name=cells`)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    choice = HydraConfig.get().runtime.choices.get("data") if HydraConfig.initialized() else None
+    choice = choice or data.name
+    return f"python -m segframe.convert data={choice}" + (f" data.name={data.name}" if choice != data.name else "")
 
 
 # --------------------------------------------------------------------------- convert
@@ -84,7 +90,7 @@ def convert(cfg: DictConfig, run_dir: Path | None = None) -> int:
         else:
             counts = {s: v["num_samples"] for s, v in manifest["splits"].items()}
             print(f"{data.name} is already converted at {data.shard_dir} {counts}; pass overwrite=true to redo it")
-            for line in _stale(manifest, source):
+            for line in _stale(manifest, data, source):
                 print(f"  but {line}: pass overwrite=true to convert it again")
             return 0
     start = time.time()
@@ -96,10 +102,12 @@ def convert(cfg: DictConfig, run_dir: Path | None = None) -> int:
     return 0
 
 
-def _stale(manifest: dict[str, Any], source: Any) -> list[str]:
+def _stale(manifest: dict[str, Any], data: DictConfig, source: Any) -> list[str]:
     """How the existing conversion differs from what the config and the raw files would give now."""
     recorded = manifest.get("source", {})
     lines = []
+    if list(manifest["classes"]) != list(data.classes):
+        lines.append(f"it has classes {manifest['classes']} and the config now says {list(data.classes)}")
     options = json.loads(json.dumps(source.options()))  # tuples -> lists, as the manifest holds them
     # where the raw files live does not change the shards; the fingerprint below sees content changes
     def settings(opts: Any) -> dict[str, Any]:
@@ -108,11 +116,19 @@ def _stale(manifest: dict[str, Any], source: Any) -> list[str]:
     if settings(recorded.get("options")) != settings(options):
         lines.append(f"it was converted with {recorded.get('options')} and the config now says {options}")
     try:
-        if recorded.get("fingerprint") != json.loads(json.dumps(source.fingerprint())):
-            lines.append("the raw files (lists, names or sizes) changed since it was converted")
+        if _portable(recorded.get("fingerprint")) != _portable(json.loads(json.dumps(source.fingerprint()))):
+            lines.append("the raw files (list files, file count or total size) changed since it was converted")
     except (OSError, ValueError):
         pass  # raw data moved or removed after conversion: the shards are all that is needed
     return lines
+
+
+def _portable(fingerprint: Any) -> Any:
+    """A fingerprint without what moving the raw data changes (roots, absolute or relative paths):
+    list files' hashes, file counts and total bytes remain."""
+    if isinstance(fingerprint, dict):
+        return {k: _portable(v) for k, v in fingerprint.items() if k not in ("root", "listing_sha256", "unpaired_masks")}
+    return fingerprint
 
 
 def _browse(cfg: DictConfig, run_dir: Path) -> int:

@@ -37,7 +37,11 @@ def test_weighted_loss_is_weighted_sum_over_valid_pixels():
     weighted = _module(class_weighting="median_frequency", class_pixels=[600, 300, 100])
     w = torch.tensor([0.5, 1.0, 3.0])
     per_pixel = F.cross_entropy(logits, masks, weight=w, ignore_index=255, reduction="none")
-    assert weighted.loss(logits, masks) == pytest.approx(float(per_pixel.sum() / (masks != 255).sum()), rel=1e-5)
+    expected_weighted = F.cross_entropy(logits, masks, weight=w, ignore_index=255)  # torch: sum / sum of weights
+    assert weighted.loss(logits, masks) == pytest.approx(float(expected_weighted), rel=1e-5)
+    assert float(expected_weighted) != pytest.approx(float(per_pixel.sum() / (masks != 255).sum()), rel=1e-3)
+    all_void = torch.full_like(masks, 255)
+    assert float(weighted.loss(logits, all_void)) == 0.0 and float(_module().loss(logits, all_void)) == 0.0
     plain = _module()
     expected = F.cross_entropy(logits, masks, ignore_index=255)  # torch's mean is over valid pixels too
     assert plain.loss(logits, masks) == pytest.approx(float(expected), rel=1e-5)

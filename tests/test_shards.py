@@ -120,7 +120,7 @@ def test_bad_samples_stop_conversion_and_leave_nothing(tmp_path, bad, message):
     with pytest.raises(SampleError, match=message.replace("[", r"\[").replace("]", r"\]")):
         write_dataset(ListSource({"train": _samples(3) + [bad]}), out, "toy", CLASSES, PALETTE)
     assert not out.exists()
-    assert list(tmp_path.iterdir()) == []  # no partial directory survives
+    assert [p.name for p in tmp_path.iterdir()] == [".ds.lock"]  # no partial directory survives
 
 
 def test_on_bad_skip_lists_skipped(tmp_path):
@@ -157,7 +157,7 @@ def test_interrupted_conversion_leaves_previous_dataset_intact(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         write_dataset(Crash({"train": _samples(4)}), out, "toy", CLASSES, PALETTE)
     assert (out / "manifest.json").read_text() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ds.lock", "ds"]
     # a stale partial directory from a killed process is removed by the next run
     stale = tmp_path / ".ds.partial-999999999"
     stale.mkdir()
@@ -260,3 +260,40 @@ def test_shapes_generator_is_deterministic_and_colour_independent():
             if c:
                 colours[int(c)].add(tuple(np.median(img[mask == c], axis=0).astype(int) // 32))
     assert all(len(v) >= 5 for v in colours.values()), {k: len(v) for k, v in colours.items()}
+
+
+def test_a_second_conversion_into_the_same_directory_is_refused_while_the_first_runs(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from segframe.data.shards import ConversionInProgress, _ConversionLock
+
+    out = tmp_path / "ds"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from segframe.data.shards import _ConversionLock\n"
+        "with _ConversionLock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(30)"), str(out)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        partial = tmp_path / f".ds.partial-{holder.pid}"
+        partial.mkdir()  # the live conversion's work in progress
+        with pytest.raises(ConversionInProgress, match="another process is converting into"):
+            write_dataset(ListSource({"train": _samples(2)}), out, "toy", CLASSES, PALETTE)
+        assert partial.is_dir()  # left alone while its writer lives
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    write_dataset(ListSource({"train": _samples(2)}), out, "toy", CLASSES, PALETTE)  # the OS released the lock
+    assert not partial.exists() and read_manifest(out)["splits"]["train"]["num_samples"] == 2
+    with _ConversionLock(out):  # and this process can take it again after a conversion
+        pass
+
+
+def test_sixteen_bit_images_are_refused_not_clipped(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(np.full((6, 8), 40000, np.uint16)).save(buf, "PNG")
+    bad = RawSample("deep", buf.getvalue(), np.zeros((6, 8), np.uint8), source="/raw/deep.png")
+    with pytest.raises(SampleError, match=r"/raw/deep\.png: image mode 'I;16' .* rescale it to 8 bits"):
+        write_dataset(ListSource({"train": [bad]}), tmp_path / "d", "t", CLASSES, PALETTE)

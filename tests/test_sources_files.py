@@ -73,3 +73,31 @@ def test_decode_mask_refuses_rgb():
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(buf, "PNG")
     with pytest.raises(SampleError, match="mode 'RGB'"):
         decode_mask(buf.getvalue())
+
+
+def test_list_files_keep_whole_stems_and_skip_a_bom(tmp_path):
+    from segframe.data.sources.files import read_ids
+
+    path = tmp_path / "val.txt"
+    path.write_bytes("\ufeffcell 0\n\n  cell 1  \nzellé\n".encode("utf-8"))  # as Windows Notepad saves it
+    assert read_ids(path) == ["cell 0", "cell 1", "zellé"]
+
+
+def test_cli_folder_dataset_under_its_own_name(tmp_path):
+    """Hints name the config file and the dataset (`data=folder data.name=cells`), and a rerun with
+    other classes says the conversion no longer matches the config."""
+    from conftest import run_cli
+
+    root = tmp_path / "cells"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.full((8, 10, 3), 40 * i, np.uint8)).save(root / "images" / f"c{i}.png")
+        Image.fromarray((np.arange(80).reshape(8, 10) % 2).astype(np.uint8)).save(root / "masks" / f"c{i}.png")
+    common = ["data=folder", "data.name=cells", f"data.root={root}", f"paths.data_dir={tmp_path / 'data'}"]
+    first = run_cli("convert", *common, "data.classes=[bg,cell]", "data.val_fraction=0.25", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "look at it: python -m segframe.convert data=folder data.name=cells browse=true" in first.stdout
+    again = run_cli("convert", *common, "data.classes=[bg,nucleus]", "data.val_fraction=0.25", cwd=tmp_path)
+    assert again.returncode == 0 and "already converted" in again.stdout
+    assert "it has classes ['bg', 'cell'] and the config now says ['bg', 'nucleus']" in again.stdout

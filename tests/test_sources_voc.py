@@ -318,11 +318,12 @@ def test_rerun_after_a_killed_conversion(tmp_path):
     killed = subprocess.run([sys.executable, "-c", _CRASH, str(base), str(out)], capture_output=True, text=True,
                             env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
     assert killed.returncode == -9
-    leftovers = [p.name for p in (tmp_path / "data").iterdir()]
-    assert not out.exists() and len(leftovers) == 1 and leftovers[0].startswith(".voc.partial-")
+    leftovers = sorted(p.name for p in (tmp_path / "data").iterdir())
+    assert not out.exists() and len(leftovers) == 2 and leftovers[0] == ".voc.lock"
+    assert leftovers[1].startswith(".voc.partial-")  # the dead process's lock was released by the OS
     result = run_cli("convert", "data=voc", f"data.root={base}", f"paths.data_dir={tmp_path / 'data'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert [p.name for p in (tmp_path / "data").iterdir()] == ["voc"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".voc.lock", "voc"]
     manifest = read_manifest(out)
     assert manifest["splits"]["train"]["num_samples"] == 4 and verify(out) == []
     assert json.loads((out / "manifest.json").read_text())["source"]["options"]["root"] == str(base)

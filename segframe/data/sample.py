@@ -65,7 +65,10 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     """Encoded bytes -> HxWx3 uint8 RGB."""
     try:
         with Image.open(io.BytesIO(data)) as im:
+            _check_depth(im, name)
             return np.asarray(im.convert("RGB"))
+    except SampleError:
+        raise
     except Exception as exc:  # PIL raises many types for corrupt data
         raise SampleError(f"{name}: cannot decode image ({exc})") from exc
 
@@ -105,13 +108,23 @@ def check_image(data: bytes, name: str = "image") -> tuple[int, int]:
     truncated or broken stream fails as in a full decode, at a fraction of the cost."""
     try:
         with Image.open(io.BytesIO(data)) as im:
+            _check_depth(im, name)
             width, height = im.size
             if im.format == "JPEG":
                 im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
             im.load()
+    except SampleError:
+        raise
     except Exception as exc:  # PIL raises many types for corrupt data
         raise SampleError(f"{name}: cannot decode image ({exc})") from exc
     return height, width
+
+
+def _check_depth(im: Image.Image, name: str) -> None:
+    """Images are 8 bits per channel: a 16-bit or float image would be clipped to 0..255 on reading."""
+    if im.mode.startswith("I") or im.mode == "F":
+        raise SampleError(f"{name}: image mode {im.mode!r} (16-bit or float) is not supported; segframe reads 8 bits "
+                          "per channel: rescale it to 8 bits before converting")
 
 
 def check_mask(mask: np.ndarray, num_classes: int, name: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing as mp
 import os
 import shutil
@@ -29,6 +30,8 @@ from webdataset.tariterators import tarfile_samples
 
 from segframe.data.sample import IGNORE_INDEX, SampleError, decode_sample, encode_sample
 from segframe.data.sources import Source
+
+log = logging.getLogger("segframe")
 
 MANIFEST = "manifest.json"
 FORMAT = "segframe-shards"
@@ -140,62 +143,90 @@ def write_dataset(
             raise SampleError(f"split {split!r} of {name} has no samples; check the raw dataset and its lists")
     out = Path(shard_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    tmp.mkdir()
-    writer: _SplitWriter | None = None
-    try:
-        splits: dict[str, Any] = {}
-        skipped: list[dict[str, Any]] = []
-        with _pool(source, num_workers) as imap:
-            for split, split_items in items.items():
-                writer = _SplitWriter(tmp, split, shard_size, max_shard_bytes)
-                pixels = np.zeros(256, dtype=np.int64)
-                jobs = ((item, split, num_classes) for item in split_items)
-                for status, payload, extra in tqdm(
-                    imap(_load_encode, jobs), total=len(split_items), desc=f"{name}/{split}", unit="img"
-                ):
-                    if status == "bad":
-                        if on_bad == "error":
-                            raise SampleError(f"{payload}\n(pass on_bad=skip to skip bad samples and list them in the manifest)")
-                        skipped.append({"split": split, "item": _plain(extra), "problem": payload})
-                        continue
-                    writer.write(*payload)
-                    pixels += extra
-                shards = writer.close()
-                if not shards:
-                    raise SampleError(f"split {split!r} of {name}: every sample was bad; nothing to write")
-                splits[split] = {
-                    "num_samples": sum(s["num_samples"] for s in shards),
-                    "shards": shards,
-                    "class_pixels": pixels[:num_classes].tolist(),
-                    "ignore_pixels": int(pixels[IGNORE_INDEX]),
-                }
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "name": name,
-            "classes": list(classes),
-            "palette": [list(map(int, c)) for c in palette[:num_classes]],
-            "ignore_index": IGNORE_INDEX,
-            "splits": splits,
-            "skipped": skipped,
-            "source": {
-                "converter": f"{type(source).__module__}.{type(source).__qualname__}",
-                "options": source.options(),
-                "fingerprint": source.fingerprint(),
-            },
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "convert_seconds": round(time.time() - started, 2),
-        }
-        _write_json_atomic(tmp / MANIFEST, manifest)
-        _swap_into_place(tmp, out)
-    except BaseException:
-        if writer is not None:
-            writer.abort()  # an open file would keep the directory from being removed on Windows
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _ConversionLock(out):
+        _remove_stale(out)  # we hold the lock: whoever wrote these is gone
+        tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+        tmp.mkdir()
+        state: dict[str, Any] = {}
+        try:
+            splits, skipped = _write_splits(source, items, tmp, name, num_classes, shard_size, max_shard_bytes,
+                                            num_workers, on_bad, state)
+            manifest = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "name": name,
+                "classes": list(classes),
+                "palette": [list(map(int, c)) for c in palette[:num_classes]],
+                "ignore_index": IGNORE_INDEX,
+                "splits": splits,
+                "skipped": skipped,
+                "warnings": _label_warnings(splits, list(classes)),
+                "source": {
+                    "converter": f"{type(source).__module__}.{type(source).__qualname__}",
+                    "options": source.options(),
+                    "fingerprint": source.fingerprint(),
+                },
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "convert_seconds": round(time.time() - started, 2),
+            }
+            _write_json_atomic(tmp / MANIFEST, manifest)
+            _swap_into_place(tmp, out)
+        except BaseException:
+            if state.get("writer") is not None:
+                state["writer"].abort()  # an open file would keep the directory from being removed on Windows
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    for warning in manifest["warnings"]:
+        log.warning("%s: %s", name, warning)
     return manifest
+
+
+def _write_splits(source: Source, items: dict[str, list[Any]], tmp: Path, name: str, num_classes: int,
+                  shard_size: int, max_shard_bytes: int, num_workers: int, on_bad: str,
+                  state: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Shards of every split into `tmp`; (per-split manifest entries, skipped samples).
+    `state["writer"]` is the split writer in use, for the caller to close on failure."""
+    splits: dict[str, Any] = {}
+    skipped: list[dict[str, Any]] = []
+    with _pool(source, num_workers) as imap:
+        for split, split_items in items.items():
+            writer = state["writer"] = _SplitWriter(tmp, split, shard_size, max_shard_bytes)
+            pixels = np.zeros(256, dtype=np.int64)
+            jobs = ((item, split, num_classes) for item in split_items)
+            for status, payload, extra in tqdm(
+                imap(_load_encode, jobs), total=len(split_items), desc=f"{name}/{split}", unit="img"
+            ):
+                if status == "bad":
+                    if on_bad == "error":
+                        raise SampleError(f"{payload}\n(pass on_bad=skip to skip bad samples and list them in the manifest)")
+                    skipped.append({"split": split, "item": _plain(extra), "problem": payload})
+                    continue
+                writer.write(*payload)
+                pixels += extra
+            shards = writer.close()
+            state["writer"] = None
+            if not shards:
+                raise SampleError(f"split {split!r} of {name}: every sample was bad; nothing to write")
+            splits[split] = {
+                "num_samples": sum(s["num_samples"] for s in shards),
+                "shards": shards,
+                "class_pixels": pixels[:num_classes].tolist(),
+                "ignore_pixels": int(pixels[IGNORE_INDEX]),
+            }
+    return splits, skipped
+
+
+def _label_warnings(splits: dict[str, Any], classes: list[str]) -> list[str]:
+    """Classes no split labels at all: a wrong class list, or masks that store a class as 255
+    (binary 0/255 masks), which would otherwise train silently on background only."""
+    totals = np.sum([info["class_pixels"] for info in splits.values()], axis=0)
+    empty = [classes[i] for i in np.flatnonzero(totals == 0)]
+    if not empty:
+        return []
+    ignored = sum(info["ignore_pixels"] for info in splits.values())
+    hint = (f"; {ignored} pixels are 255 (ignored): if your masks store a class as 255 (e.g. binary 0/255 masks), "
+            "map it, e.g. data.label_map={255: 1} with data=folder" if ignored else "")
+    return [f"classes {empty} have no labelled pixels in any split{hint}"]
 
 
 def _plain(item: Any) -> Any:
@@ -225,26 +256,49 @@ class _pool:
             self._pool.join()
 
 
+class ConversionInProgress(RuntimeError):
+    """Another live process is converting into the same shard directory."""
+
+
+class _ConversionLock:
+    """An exclusive lock on `.NAME.lock` beside the shard directory, held while converting.
+    The operating system releases it when the process dies, so a leftover temporary directory
+    with no lock held is known to be stale (no pid checks, which break on pid reuse and Windows)."""
+
+    def __init__(self, out: Path):
+        self.out, self.path = out, out.parent / f".{out.name}.lock"
+        self._file: Any = None
+
+    def __enter__(self) -> _ConversionLock:
+        self._file = open(self.path, "a+b")  # noqa: SIM115 (held until __exit__)
+        try:
+            if sys.platform == "win32":
+                import msvcrt
+
+                msvcrt.locking(self._file.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.close()
+            raise ConversionInProgress(
+                f"another process is converting into {self.out} (it holds {self.path}); "
+                "wait for it to finish, or stop it and run the command again"
+            ) from None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._file.close()  # closing releases the lock; the (empty) file stays, so the lock stays one inode
+
+
 def _remove_stale(out: Path) -> None:
-    """Leftovers of an interrupted conversion (its process is gone) are deleted, never read."""
-    # exactly `.NAME.partial-PID` / `.NAME.old-PID`: never another dataset's `.NAME.v2.partial-PID`
-    stale_dirs = [p for kind in ("partial", "old") for p in out.parent.glob(f".{out.name}.{kind}-*")
-                  if p.name.rsplit("-", 1)[-1].isdigit()]
-    for stale in stale_dirs:
-        pid = stale.name.rsplit("-", 1)[-1]
-        if int(pid) != os.getpid() and _alive(int(pid)):
-            raise RuntimeError(f"another conversion (pid {pid}) is writing {stale}; wait for it or kill it")
-        shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Leftovers of an interrupted conversion are deleted, never read. Only exactly
+    `.NAME.partial-PID` / `.NAME.old-PID`: never another dataset's `.NAME.v2.partial-PID`."""
+    for kind in ("partial", "old"):
+        for stale in out.parent.glob(f".{out.name}.{kind}-*"):
+            if stale.name.rsplit("-", 1)[-1].isdigit():
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:

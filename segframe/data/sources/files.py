@@ -28,7 +28,7 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 def require(name: str, root: Path, relative: Iterable[str], url: str | None, layout: str,
-            root_key: str = "data.root") -> None:
+            root_key: str = "data.root", command_args: str = "") -> None:
     """Unless every relative path exists under root, raise the one message a user gets for a
     missing or incomplete raw dataset: what is missing, where to download it (`url`; None for
     the user's own data), the layout expected, and the command to run once it is there."""
@@ -41,13 +41,13 @@ def require(name: str, root: Path, relative: Iterable[str], url: str | None, lay
         f"{name}: raw dataset not found or incomplete at {root}: missing {', '.join(missing)}.\n"
         f"{where} so that it looks like:\n"
         f"{layout.rstrip().replace('<data.root>', f'<{root_key}>')}\n"
-        f"Then run: python -m segframe.convert data={name} {root_key}=/path/to/it"
+        f"Then run: python -m segframe.convert data={name} {root_key}=/path/to/it {command_args}".rstrip()
     )
 
 
 def read_ids(path: Path) -> list[str]:
-    """A list file: one image id per line (blank lines and surrounding spaces ignored)."""
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    """A list file: one image id (file stem) per line; blank lines and surrounding spaces ignored."""
+    ids = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise SampleError(f"{path}: id {dup!r} is listed more than once")
@@ -153,6 +153,8 @@ def pairs_by_stem(image_dir: Path, mask_dir: Path, image_exts: Sequence[str], ma
     def stems(folder: Path, exts: Sequence[str], suffix: str) -> dict[str, Path]:
         found: dict[str, Path] = {}
         for p in sorted(folder.iterdir()):
+            if p.name.startswith("."):  # .DS_Store, macOS `._name` resource forks, editors' temp files
+                continue
             if p.is_file() and p.suffix.lower().lstrip(".") in exts and p.stem.endswith(suffix):
                 stem = p.stem[: len(p.stem) - len(suffix)] if suffix else p.stem
                 if stem in found:

@@ -1,8 +1,9 @@
 """Your own dataset: `images/` and `masks/` folders paired by file stem.
 
-Masks may be single-channel index PNGs (mode L), palette PNGs (read as indices), or RGB
-images colour-coded with the palette in the config (every colour must be in the palette,
-or listed in `void_colours`, which become 255). Masks must be lossless (PNG/BMP/TIFF).
+Masks may be single-channel index PNGs (mode L, or grey RGB), palette PNGs (read as indices
+unless mask_format=rgb), or RGB images colour-coded with the palette in the config (every
+colour must be in the palette, or listed in `void_colours`, which become 255). `label_map`
+renames stored values (e.g. {255: 1} for 0/255 binary masks). Masks must be lossless.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segframe.data.sample import IGNORE_INDEX, RawSample, SampleError, mask_indices
+from segframe.data.sample import IGNORE_INDEX, RawSample, SampleError, decode_mask, mask_indices
 from segframe.data.sources.files import (Item, fingerprint, load_pair, pairs_by_stem, read_file, read_ids,
                                          require)
 from segframe.data.sources.splits import seeded_split, split_by_lists
@@ -36,7 +37,8 @@ class FolderSource:
 
     def __init__(self, root: str, images: str = "images", masks: str = "masks", mask_format: str = "auto",
                  palette: Sequence[Sequence[int]] | None = None, void_colours: Sequence[Sequence[int]] = (),
-                 val_fraction: float = 0.1, seed: int = 0, split_lists: Mapping[str, str] | None = None):
+                 val_fraction: float = 0.1, seed: int = 0, split_lists: Mapping[str, str] | None = None,
+                 label_map: Mapping[int, int] | None = None):
         if mask_format not in MASK_FORMATS:
             raise ValueError(f"folder: data.mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
         self.root, self.image_dir, self.mask_dir = Path(root), images, masks
@@ -44,6 +46,11 @@ class FolderSource:
         self.palette = [list(map(int, c)) for c in palette] if palette else None
         self.void_colours = [list(map(int, c)) for c in void_colours]
         self.split_lists = dict(split_lists or {})
+        # stored value -> class id, e.g. {255: 1} for binary masks saved as 0/255
+        self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
+        self._lut = np.arange(256, dtype=np.uint8)
+        for stored, class_id in self.label_map.items():
+            self._lut[stored] = class_id
         self._items: dict[str, list[Item]] | None = None
         self.unpaired_masks: list[str] = []
 
@@ -54,7 +61,7 @@ class FolderSource:
         if self._items is not None:
             return self._items
         require("folder", self.root, [self.image_dir, self.mask_dir, *map(str, self.split_lists.values())],
-                None, LAYOUT.format(images=", ".join(IMAGE_EXTS)))
+                None, LAYOUT.format(images=", ".join(IMAGE_EXTS)), command_args="data.classes=[...]")
         items, orphans = pairs_by_stem(self.root / self.image_dir, self.root / self.mask_dir, IMAGE_EXTS, MASK_EXTS)
         self.unpaired_masks = [str(p) for p in orphans]
         if not items:
@@ -67,31 +74,51 @@ class FolderSource:
         return self._items
 
     def load(self, item: Item) -> RawSample:
+        sample_id, image, mask = item
+        if mask is None:
+            lossy = [p.name for p in (self.root / self.mask_dir).glob(f"{sample_id}.*")
+                     if p.suffix.lower() in (".jpg", ".jpeg")]
+            if lossy:
+                raise SampleError(f"image {image}: its mask {lossy[0]} is a JPEG; masks must be lossless "
+                                  f"({', '.join(MASK_EXTS)}): JPEG compression changes label values at edges")
         return load_pair(item, self.read_mask)
 
     def read_mask(self, path: str | Path) -> np.ndarray | bytes:
         data = read_file(path, "mask")
         try:
             with Image.open(io.BytesIO(data)) as im:
-                mode = im.mode
-                if mode in ("1", "L", "P") and self.mask_format != "rgb":
-                    # an 8-bit index PNG is stored as it is; other index images are decoded to ids
-                    if im.format == "PNG" and mode != "1" and im.tile[0].args in ("L", "P"):
-                        return data
-                    return mask_indices(im, f"mask {path}")
-                if mode in ("RGB", "RGBA") and self.mask_format != "index":
-                    return self._colours_to_index(np.asarray(im.convert("RGB")), path)
+                mask = self._decode(im, data, path)
         except SampleError:
             raise
         except Exception as exc:
             raise SampleError(f"mask {path} cannot be decoded ({exc})") from exc
-        want = {"auto": "1, L, P, RGB or RGBA", "index": "1, L or P", "rgb": "RGB or RGBA"}[self.mask_format]
-        raise SampleError(f"mask {path} has mode {mode!r}; data.mask_format={self.mask_format} expects {want}")
+        if self.label_map:
+            mask = self._lut[decode_mask(mask, f"mask {path}") if isinstance(mask, bytes) else mask]
+        return mask
+
+    def _decode(self, im: Image.Image, data: bytes, path: str | Path) -> np.ndarray | bytes:
+        mode = im.mode
+        if mode in ("1", "L", "P") and self.mask_format != "rgb":
+            # palette PNGs by index (VOC's convention); an 8-bit index PNG is stored as it is
+            if im.format == "PNG" and mode != "1" and im.tile[0].args in ("L", "P"):
+                return data
+            return mask_indices(im, f"mask {path}")
+        if mode in ("RGB", "RGBA", "P") and self.mask_format != "index" and self.palette:
+            return self._colours_to_index(np.asarray(im.convert("RGB")), path)
+        if mode in ("RGB", "RGBA"):
+            rgb = np.asarray(im.convert("RGB"))
+            if self.mask_format != "rgb" and (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+                return rgb[..., 0].copy()  # class ids saved as grey in an RGB file
+            if self.mask_format != "index":
+                raise SampleError(f"mask {path} is colour-coded (RGB) but data.palette is not set: give one colour "
+                                  "per class, e.g. data.palette=[[0,0,0],[255,0,0]]")
+        want = {"auto": "1, L, P, RGB or RGBA", "index": "1, L or P (or grey RGB)",
+                "rgb": "RGB, RGBA or P, with data.palette"}
+        raise SampleError(f"mask {path} has mode {mode!r}; data.mask_format={self.mask_format} expects "
+                          f"{want[self.mask_format]}")
 
     def _colours_to_index(self, rgb: np.ndarray, path: str | Path) -> np.ndarray:
-        if not self.palette:
-            raise SampleError(f"mask {path} is colour-coded (RGB) but data.palette is not set: give one colour per "
-                              "class, e.g. data.palette=[[0,0,0],[255,0,0]]")
+        assert self.palette
         code = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
         lut = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(self.palette)}
         lut.update({(r << 16) | (g << 8) | b: IGNORE_INDEX for r, g, b in self.void_colours})
@@ -105,7 +132,8 @@ class FolderSource:
     def options(self) -> dict[str, Any]:
         return {"root": str(self.root), "images": self.image_dir, "masks": self.mask_dir,
                 "mask_format": self.mask_format, "palette": self.palette, "void_colours": self.void_colours,
-                "val_fraction": self.val_fraction, "seed": self.seed, "split_lists": self.split_lists}
+                "val_fraction": self.val_fraction, "seed": self.seed, "split_lists": self.split_lists,
+                "label_map": self.label_map}
 
     def fingerprint(self) -> dict[str, Any]:
         return {**fingerprint(self.root, self.splits(), self.lists().values()), "unpaired_masks": self.unpaired_masks}

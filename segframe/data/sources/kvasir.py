@@ -58,7 +58,7 @@ class KvasirSegSource:
             items, orphans = pairs_by_stem(self.root / "images", self.root / "masks", ("jpg", "jpeg"), ("jpg", "jpeg"))
             self.unpaired_masks = [str(p) for p in orphans]
             if self.split_dir:
-                require("kvasir_seg", self.split_dir, ["train.txt", "val.txt"], URL,
+                require("kvasir_seg", self.split_dir, ["train.txt", "val.txt"], None,
                         "  <data.split_dir>\n    train.txt val.txt    (one image file stem per line)", "data.split_dir")
                 lists = {p.stem: read_ids(p) for p in self.lists()}
                 self._items = split_by_lists(items, lists, f"kvasir_seg split_dir {self.split_dir}")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from segframe.data.sample import SampleError
 from segframe.data.sources.files import Item
+
+log = logging.getLogger("segframe")
 
 
 def seeded_split(items: Sequence[Item], num_val: int, seed: int, name: str) -> dict[str, list[Item]]:
@@ -36,4 +39,7 @@ def split_by_lists(items: Sequence[Item], lists: Mapping[str, Sequence[str]], wh
         if unknown:
             raise SampleError(f"{where}: split {split!r} lists {len(unknown)} id(s) with no image, e.g. {unknown[:5]}")
         out[split] = [by_id[i] for i in ids]
+    unlisted = len(by_id) - len(seen)
+    if unlisted:
+        log.warning("%s: %d of %d images are in no split list and are not converted", where, unlisted, len(by_id))
     return out
