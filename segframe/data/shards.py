@@ -248,7 +248,18 @@ class _pool:
         self._pool = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn").Pool(
             self.num_workers, initializer=_init_worker, initargs=(self.source,)
         )
-        return lambda fn, it: self._pool.imap(fn, it, chunksize=8)
+        return self._bounded_imap
+
+    def _bounded_imap(self, fn: Any, jobs: Iterable[Any]) -> Iterable[Any]:
+        """`Pool.imap` queues every job and every result at once; when writing is slower than the
+        workers (a network disk), encoded samples would pile up in memory. Windows bound that."""
+        window: list[Any] = []
+        for job in jobs:
+            window.append(job)
+            if len(window) == 32 * self.num_workers:
+                yield from self._pool.imap(fn, window, chunksize=4)
+                window = []
+        yield from self._pool.imap(fn, window, chunksize=4)
 
     def __exit__(self, *exc):
         if self._pool is not None:
