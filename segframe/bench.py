@@ -16,7 +16,6 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -53,7 +52,7 @@ def _voc_pair(args: tuple[Path, str, int]) -> int:
     import numpy as np
     from PIL import Image, ImageDraw, ImageFilter
 
-    from segframe.data.sources.voc import PALETTE
+    from segframe.data.sources.voc import PALETTE, write_sbd_mat
 
     base, image_id, seed = args
     rng = np.random.default_rng(seed)
@@ -75,23 +74,10 @@ def _voc_pair(args: tuple[Path, str, int]) -> int:
     png = base / "SegmentationClass" / f"{image_id}.png"
     Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(jpg, quality=90)
     label.save(png)
-    _sbd_mat(base.parent.parent / "benchmark_RELEASE" / "dataset" / "cls" / f"{image_id}.mat", np.asarray(label))
+    label_ids = np.asarray(label)
+    write_sbd_mat(base.parent.parent / "benchmark_RELEASE" / "dataset" / "cls" / f"{image_id}.mat",
+                  np.where(label_ids == 255, 0, label_ids))  # SBD has no void border
     return jpg.stat().st_size + png.stat().st_size
-
-
-def _sbd_mat(path: Path, label: Any) -> None:
-    """SBD's class label file: struct GTcls {Boundaries: 20x1 cell of sparse, Segmentation, CategoriesPresent}."""
-    import numpy as np
-    import scipy.io
-    import scipy.sparse
-
-    seg = np.where(label == 255, 0, label).astype(np.uint8)  # SBD has no void border
-    boundaries = np.empty((20, 1), dtype=object)
-    for k in range(20):
-        boundaries[k, 0] = scipy.sparse.csc_matrix(seg.shape, dtype=bool)
-    present = np.unique(seg[seg > 0]).astype(np.uint8).reshape(-1, 1)
-    scipy.io.savemat(str(path), {"GTcls": {"Boundaries": boundaries, "Segmentation": seg,
-                                           "CategoriesPresent": present}}, do_compression=True)
 
 
 def write_voc_tree(root: Path, num_images: int) -> int:

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-import scipy.sparse
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -62,17 +61,6 @@ def make_voc(root: Path, train: list[str], val: list[str], value: int = 1) -> Pa
     return base
 
 
-def write_gtcls(path: Path, seg: np.ndarray) -> None:
-    """An SBD cls/*.mat: struct GTcls with Boundaries (cell of sparse), Segmentation, CategoriesPresent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    boundaries = np.empty((20, 1), dtype=object)
-    for k in range(20):
-        boundaries[k, 0] = scipy.sparse.csc_matrix(seg.shape, dtype=bool)
-    present = np.unique(seg[seg > 0]).astype(np.uint8).reshape(-1, 1)
-    scipy.io.savemat(str(path), {"GTcls": {"Boundaries": boundaries, "Segmentation": seg,
-                                           "CategoriesPresent": present}}, do_compression=True)
-
-
 def make_sbd(root: Path, train: list[str], val: list[str], value: int = 2) -> Path:
     """benchmark_RELEASE/dataset with img/, cls/*.mat and train.txt / val.txt."""
     base = root / "benchmark_RELEASE" / "dataset"
@@ -80,7 +68,7 @@ def make_sbd(root: Path, train: list[str], val: list[str], value: int = 2) -> Pa
         _image(base / "img" / f"{image_id}.jpg", 100 + i)
         seg = _label(value, i)
         seg[seg == 255] = 0  # SBD has no void pixels
-        write_gtcls(base / "cls" / f"{image_id}.mat", seg)
+        voc.write_sbd_mat(base / "cls" / f"{image_id}.mat", seg)
     (base / "inst").mkdir(exist_ok=True)  # instance labels exist in the release; not read
     (base / "train.txt").write_text("".join(f"{i}\n" for i in train))
     (base / "val.txt").write_text("".join(f"{i}\n" for i in val))
