@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segframe.data.sample import IGNORE_INDEX
+from segframe.inference import check_options, infer
 from segframe.metrics import ConfusionMatrix, scores, summary_keys
 
 
@@ -59,6 +60,7 @@ class SegModule(pl.LightningModule):
         bias_weight_decay: bool = True,
         class_weighting: str = "none",
         class_pixels: Sequence[int] | None = None,
+        inference: dict[str, Any] | None = None,
         model_config: dict[str, Any] | None = None,
         config: dict[str, Any] | None = None,
     ):
@@ -79,12 +81,24 @@ class SegModule(pl.LightningModule):
         # a buffer: moves with the module to the GPU; not persistent, it is rebuilt from the hparams
         self.register_buffer("class_weight", torch.tensor(weights, dtype=torch.float32) if weights else None,
                              persistent=False)
+        # test-time options of segframe.inference.infer (scales, flip, mode, crop, stride); the
+        # validation during training always runs whole images, once
+        self.inference = dict(inference or {})
+        check_options(**self.inference)
         self.val_cm = ConfusionMatrix(len(self.classes))
         self.test_cm = ConfusionMatrix(len(self.classes))
         self.last_confmat: dict[str, torch.Tensor] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(to_input(images))
+
+    def predict_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Class scores with the test-time options (multi-scale, flip, sliding window)."""
+        return infer(self.model, to_input(images), **self.inference)
+
+    def _single_pass(self) -> bool:
+        return self.inference.get("mode", "whole") == "whole" and list(self.inference.get("scales", [1.0])) == [1.0] \
+            and not self.inference.get("flip", False)
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(logits, masks, weight=self.class_weight, ignore_index=IGNORE_INDEX, reduction="sum")
@@ -118,7 +132,11 @@ class SegModule(pl.LightningModule):
         self._eval_step(batch, self.val_cm, "val")
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_cm, "test")
+        if self._single_pass():
+            self._eval_step(batch, self.test_cm, "test")
+            return
+        images, masks = batch  # averaged probabilities are not logits: no test loss for these
+        self.test_cm.update(self.predict_scores(images).argmax(1), masks)
 
     def _log_scores(self, metric: ConfusionMatrix, stage: str) -> None:
         confmat = metric.compute()  # summed over ranks: identical everywhere

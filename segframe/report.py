@@ -117,7 +117,8 @@ def predict_examples(module: torch.nn.Module, loader: Any, count: int) -> tuple[
     module.eval()
     device = next(module.parameters()).device
     for batch_images, batch_masks in loader:
-        logits = module(batch_images.to(device))
+        batch = batch_images.to(device)
+        logits = module.predict_scores(batch) if hasattr(module, "predict_scores") else module(batch)
         for img, gt, pr in zip(batch_images, batch_masks, logits.argmax(1).cpu()):
             images.append(img.permute(1, 2, 0).numpy().astype(np.uint8))
             gts.append(gt.numpy().astype(np.uint8))

@@ -190,6 +190,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         classes=dm.classes, palette=dm.palette, **plain(cfg.module),
         class_pixels=split_info(dm.manifest, dm.train_split, dm.shard_dir)["class_pixels"],  # for class_weighting
+        inference=inference_options(cfg.eval),
         model_config=plain(cfg.model), config=plain(cfg),
     )
     ckpt_dir = run_dir / "checkpoints"
@@ -218,6 +219,11 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     return float(metrics["miou"] or 0.0)
 
 
+def inference_options(eval_cfg: DictConfig) -> dict[str, Any]:
+    """The test-time inference keys of an `eval` node, as plain values for SegModule."""
+    return {k: plain(eval_cfg)[k] for k in ("scales", "flip", "mode", "crop", "stride") if k in eval_cfg}
+
+
 def _examples(module: Any, dm: Any, split: str, count: int) -> Any:
     from segframe.report import predict_examples
 
@@ -230,7 +236,7 @@ def _write(run_dir: Path, module: Any, dm: Any, split: str, ckpt: str, examples:
 
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     info = {"dataset": dm.manifest["name"], "split": split, "checkpoint": str(ckpt),
-            "num_samples": dm.manifest["splits"][split]["num_samples"], **extra}
+            "num_samples": dm.manifest["splits"][split]["num_samples"], "inference": module.inference, **extra}
     metrics = write_report(run_dir, module.last_confmat["test"], dm.classes, dm.palette, info, examples)
     log.info("%s %s: mIoU %.2f  mean acc %.2f  pixel acc %.2f  fwIoU %.2f  (report in %s)", info["dataset"], split,
              *(100 * (metrics[k] or 0) for k in ("miou", "mean_acc", "pixel_acc", "fwiou")), run_dir)
@@ -265,7 +271,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     split = cfg.split or data.val_split
     model_cfg = {**hp["model_config"], "pretrained": False, "init_from": None}  # weights come from the checkpoint
     module = SegModule(model=instantiate(model_cfg), optimizer=None, scheduler=None, classes=hp["classes"],
-                       palette=hp["palette"], model_config=model_cfg)
+                       palette=hp["palette"], model_config=model_cfg, inference=inference_options(cfg.eval))
     dm = _datamodule(data, cfg.datamodule, None, identity(), shard_dir=data.shard_dir, test_split=split,
                      val_split=split)
     if dm.num_classes != len(hp["classes"]):

@@ -77,6 +77,25 @@ def test_eval_from_checkpoint_alone_reproduces_train_metrics(trained):
     assert (out / "predictions.png").is_file() and (out / "per_class.csv").is_file()
 
 
+def test_eval_with_test_time_options(trained):
+    """Multi-scale + flip, and sliding windows, through the CLI: every pixel still counted once."""
+    root, run = trained
+    best = next((run / "checkpoints").glob("best-epoch*.ckpt"))
+    train_m = json.loads((run / "metrics.json").read_text())
+    pixels = sum(map(sum, train_m["confusion_matrix"]))
+    for name, options in {"tta": ["eval.scales=[0.75,1.0,1.5]", "eval.flip=true"],
+                          "slide": ["eval.mode=slide", "eval.crop=32", "eval.stride=20"]}.items():
+        out = root / f"eval-{name}"
+        _ok(run_cli("eval", f"ckpt={best}", f"hydra.run.dir={out}", "datamodule.num_workers=0", *options))
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert sum(map(sum, metrics["confusion_matrix"])) == pixels
+        assert metrics["inference"]["mode"] == ("slide" if name == "slide" else "whole")
+        assert metrics["inference"]["flip"] is (name == "tta")
+        assert 0.0 <= metrics["miou"] <= 1.0
+    bad = run_cli("eval", f"ckpt={best}", f"hydra.run.dir={root / 'eval-bad'}", "eval.mode=slid")
+    assert bad.returncode == 1 and "eval.mode must be one of" in bad.stderr
+
+
 def test_resume_from_last_continues(trained):
     root, run = trained
     out = root / "resumed"

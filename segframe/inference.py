@@ -1,0 +1,86 @@
+"""Test-time inference: whole image at native size, multi-scale + horizontal flip, sliding window.
+
+Every mode returns class scores at the input's H x W. One whole-image pass returns the model's
+logits unchanged; when several passes are combined (scales, flips), their softmax
+probabilities are averaged; sliding windows average the logits where windows overlap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+MODES = ("whole", "slide")
+
+
+def window_starts(size: int, crop: int, stride: int) -> list[int]:
+    """Window offsets along one axis: every `stride`, plus one flush with the far edge."""
+    if size <= crop:
+        return [0]
+    starts = list(range(0, size - crop + 1, stride))
+    if starts[-1] != size - crop:
+        starts.append(size - crop)
+    return starts
+
+
+def slide(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, crop: int, stride: int) -> torch.Tensor:
+    """Logits of `crop` x `crop` windows every `stride` pixels, averaged where they overlap; for
+    images too large to run whole (memory), or models trained on crops."""
+    h, w = x.shape[-2:]
+    if h <= crop and w <= crop:
+        return model(x)
+    total = count = None
+    for y0 in window_starts(h, crop, stride):
+        for x0 in window_starts(w, crop, stride):
+            logits = model(x[..., y0:y0 + crop, x0:x0 + crop])
+            if total is None:
+                total = logits.new_zeros(*logits.shape[:2], h, w)
+                count = logits.new_zeros(1, 1, h, w)
+            total[..., y0:y0 + crop, x0:x0 + crop] += logits
+            count[..., y0:y0 + crop, x0:x0 + crop] += 1
+    return total / count
+
+
+def check_options(scales: Sequence[float] = (1.0,), flip: bool = False, mode: str = "whole", crop: int = 512,
+                  stride: int = 341) -> None:
+    """Refuse options `infer` cannot honour, before any work (not after hours of training)."""
+    if mode not in MODES:
+        raise ValueError(f"eval.mode must be one of {MODES}, got {mode!r}")
+    if not scales or any(s <= 0 for s in scales):
+        raise ValueError(f"eval.scales must be positive factors, got {list(scales)}")
+    if mode == "slide" and not 0 < stride <= crop:
+        raise ValueError(f"eval.stride must be in 1..eval.crop ({crop}) so windows cover the image, got {stride}")
+
+
+def infer(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scales: Sequence[float] = (1.0,),
+          flip: bool = False, mode: str = "whole", crop: int = 512, stride: int = 341) -> torch.Tensor:
+    """Class scores [B, C, H, W] for input `x` [B, 3, H, W] (what `model` takes).
+
+    scales: input resized by each factor (bilinear), scores resized back; flip: each scale also
+    run on the mirrored image and mirrored back; mode: "whole" runs the (resized) image in one
+    pass, "slide" in `crop`-sized windows every `stride` pixels."""
+    check_options(scales, flip, mode, crop, stride)
+    h, w = x.shape[-2:]
+
+    def run(inp: torch.Tensor) -> torch.Tensor:
+        return slide(model, inp, crop, stride) if mode == "slide" else model(inp)
+
+    passes = [(s, f) for s in scales for f in ((False, True) if flip else (False,))]
+    if passes == [(1.0, False)]:
+        return run(x)
+    probs = None
+    for scale, mirrored in passes:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        inp = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        if mirrored:
+            inp = inp.flip(-1)
+        logits = run(inp)
+        if mirrored:
+            logits = logits.flip(-1)
+        if logits.shape[-2:] != (h, w):
+            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        p = logits.softmax(1)
+        probs = p if probs is None else probs + p
+    return probs / len(passes)
