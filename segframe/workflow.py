@@ -259,25 +259,34 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     return ckpt
 
 
+def module_from_checkpoint(ckpt: dict[str, Any], inference: dict[str, Any]) -> Any:
+    """The trained SegModule of a loaded checkpoint: model, classes, palette and normalisation
+    all come from the checkpoint itself."""
+    from segframe.module import SegModule
+
+    hp = ckpt["hyper_parameters"]
+    model_cfg = {**hp["model_config"], "pretrained": False, "init_from": None}  # weights come from the checkpoint
+    module = SegModule(model=instantiate(model_cfg), optimizer=None, scheduler=None, classes=hp["classes"],
+                       palette=hp["palette"], model_config=model_cfg, inference=inference)
+    module.load_state_dict(ckpt["state_dict"])
+    return module
+
+
 def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Metrics of a checkpoint on a split, with the same report as training."""
     from segframe.data.augment import identity
-    from segframe.module import SegModule
 
     check_keys(cfg, "eval")
     ckpt = load_checkpoint(cfg.ckpt)
     hp = ckpt["hyper_parameters"]
     data = cfg.data if cfg.get("data") else OmegaConf.create(hp["config"]["data"])
     split = cfg.split or data.val_split
-    model_cfg = {**hp["model_config"], "pretrained": False, "init_from": None}  # weights come from the checkpoint
-    module = SegModule(model=instantiate(model_cfg), optimizer=None, scheduler=None, classes=hp["classes"],
-                       palette=hp["palette"], model_config=model_cfg, inference=inference_options(cfg.eval))
+    module = module_from_checkpoint(ckpt, inference_options(cfg.eval))
     dm = _datamodule(data, cfg.datamodule, None, identity(), shard_dir=data.shard_dir, test_split=split,
                      val_split=split)
     if dm.num_classes != len(hp["classes"]):
         raise ConfigError(f"checkpoint {cfg.ckpt} predicts {len(hp['classes'])} classes {hp['classes']} but dataset "
                           f"{data.name} has {dm.num_classes} {dm.classes}; evaluate it on the dataset it was trained for")
-    module.load_state_dict(ckpt["state_dict"])
     trainer = _trainer(cfg.trainer, run_dir, [], False)
     trainer.test(module, datamodule=dm, verbose=False)
     if not trainer.is_global_zero:

@@ -62,6 +62,9 @@ def test_eval_and_convert_configs_compose():
     OmegaConf.to_container(_compose(["ckpt=x.ckpt"], "eval"), resolve=True)
     OmegaConf.to_container(_compose(["ckpt=x.ckpt", "data=shapes"], "eval"), resolve=True)
     check_keys(_compose([], "convert"), "convert")
+    predict = _compose(["ckpt=x.ckpt", "input=photos/", "eval.flip=true"], "predict")
+    OmegaConf.to_container(predict, resolve=True)
+    check_keys(predict, "predict")
 
 
 def test_added_unknown_top_level_key_is_rejected():

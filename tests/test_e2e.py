@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -166,3 +167,35 @@ def test_eval_of_a_corrupt_checkpoint_says_so(tmp_path):
     bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
     res = run_cli("eval", f"ckpt={bad}", "data=shapes", f"hydra.run.dir={tmp_path}/eval")
     assert res.returncode == 1 and "cannot be loaded as a segframe checkpoint" in res.stderr
+
+
+def test_predict_a_folder_with_a_corrupt_file(trained, tmp_path):
+    from PIL import Image
+
+    from segframe.data.sources.shapes import ShapesSource
+
+    _, run = trained
+    inputs = tmp_path / "photos"
+    inputs.mkdir()
+    source = ShapesSource(size=40)
+    for i in range(3):
+        Image.fromarray(source.generate("val", i)[0]).save(inputs / f"p{i}.png")
+    (inputs / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (inputs / "notes.txt").write_text("not an image: ignored")
+    out = tmp_path / "pred"
+    res = run_cli("predict", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", f"input={inputs}", f"output={out}",
+                  "eval.flip=true", f"hydra.run.dir={tmp_path / 'run'}")
+    _ok(res)
+    assert "wrote 3 prediction(s)" in res.stdout and "broken.jpg" in res.stdout and "skipped 1" in res.stdout
+    for i in range(3):
+        with Image.open(out / f"p{i}.png") as mask:
+            assert mask.mode == "P" and mask.size == (40, 40)
+            assert set(np.unique(np.asarray(mask))) <= set(range(6))
+        assert (out / f"p{i}_overlay.png").is_file()
+    one = run_cli("predict", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", f"input={inputs}/p1.*",
+                  f"output={tmp_path / 'glob'}", f"hydra.run.dir={tmp_path / 'run2'}")
+    _ok(one)
+    assert sorted(p.name for p in (tmp_path / "glob").iterdir()) == ["p1.png", "p1_overlay.png"]
+    missing = run_cli("predict", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", f"input={tmp_path / 'nothing'}",
+                      f"hydra.run.dir={tmp_path / 'run3'}")
+    assert missing.returncode == 1 and "no such file or folder" in missing.stderr

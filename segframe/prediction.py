@@ -1,0 +1,100 @@
+"""`segframe.predict`: class-index PNGs and overlays for image files, from a checkpoint alone."""
+
+from __future__ import annotations
+
+import glob
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+from tqdm import tqdm
+
+from segframe.data.sample import SampleError, decode_image
+
+log = logging.getLogger("segframe")
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_inputs(spec: str) -> list[Path]:
+    """A file, every image file in a folder, or the matches of a glob pattern, sorted."""
+    path = Path(spec)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS
+                       and not p.name.startswith("."))
+        if not files:
+            raise FileNotFoundError(f"input={spec}: the folder holds no images ({', '.join(IMAGE_EXTS)})")
+        return files
+    matches = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+    if not matches:
+        raise FileNotFoundError(f"input={spec}: no such file or folder, and no file matches it as a glob pattern")
+    return matches
+
+
+def index_png(mask: np.ndarray, palette: list[list[int]], path: Path) -> None:
+    """Class indices as a palette PNG: viewers show the dataset colours, readers get the ids."""
+    image = Image.fromarray(mask.astype(np.uint8), mode="P")
+    flat = [c for colour in palette for c in colour]
+    image.putpalette(flat + [255, 255, 255] * (256 - len(palette)))
+    image.save(path)
+
+
+def _output_names(files: list[Path]) -> list[str]:
+    """Output stems: the file stem, made unique when two inputs share one (a glob over folders)."""
+    seen: dict[str, int] = {}
+    names = []
+    for f in files:
+        count = seen.get(f.stem, 0)
+        seen[f.stem] = count + 1
+        names.append(f.stem if count == 0 else f"{f.stem}_{count}")
+    return names
+
+
+@torch.no_grad()
+def predict_files(module: Any, files: list[Path], out_dir: Path, alpha: float = 0.5,
+                  device: str = "cpu") -> tuple[int, list[tuple[str, str]]]:
+    """Writes `<stem>.png` (class indices, palette PNG) and `<stem>_overlay.png` per image.
+    An unreadable image is reported and skipped. Returns (written, [(file, problem)])."""
+    from segframe.data.browse import overlay
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    module.eval().to(device)
+    failed: list[tuple[str, str]] = []
+    written = 0
+    for path, name in tqdm(list(zip(files, _output_names(files))), desc="predict", unit="img"):
+        try:
+            image = decode_image(path.read_bytes(), str(path))
+        except (SampleError, OSError) as exc:
+            log.warning("skipping %s: %s", path, exc)
+            failed.append((str(path), str(exc)))
+            continue
+        batch = torch.from_numpy(image).permute(2, 0, 1)[None].to(device)
+        mask = module.predict_scores(batch).argmax(1)[0].cpu().numpy().astype(np.uint8)
+        index_png(mask, module.palette, out_dir / f"{name}.png")
+        Image.fromarray(overlay(image, mask, module.palette, alpha)).save(out_dir / f"{name}_overlay.png")
+        written += 1
+    return written, failed
+
+
+def predict(cfg: DictConfig, run_dir: Path) -> int:
+    """Entry logic of `python -m segframe.predict`; returns the exit code."""
+    from segframe.workflow import check_keys, inference_options, load_checkpoint, module_from_checkpoint
+
+    check_keys(cfg, "predict")
+    files = list_inputs(str(cfg.input))
+    module = module_from_checkpoint(load_checkpoint(cfg.ckpt), inference_options(cfg.eval))
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    out_dir = Path(cfg.output) if cfg.output else run_dir
+    written, failed = predict_files(module, files, out_dir, float(cfg.overlay_alpha), device)
+    print(f"wrote {written} prediction(s) to {out_dir} (<name>.png: class indices; <name>_overlay.png)")
+    if failed:
+        print(f"skipped {len(failed)} unreadable file(s):")
+        for path, problem in failed:
+            print(f"  {path}: {problem}")
+    return 0 if written else 1
