@@ -116,6 +116,26 @@ def test_normalisation_inside_model() -> None:
     torch.testing.assert_close(seen["x"][0, :, 0, 0], torch.tensor([2.0, 1.0, 0.5]))
 
 
+def test_caffe_normalisation_bgr_0_255() -> None:
+    """Caffe VGG16: BGR, 0..255, BGR mean subtracted, no std; the checkpoint's model config carries it."""
+    caffe_mean = (103.939, 116.779, 123.68)
+    model = FCN(2, stride=32, backbone="resnet18", mean=caffe_mean, std=(1, 1, 1), input_scale=255.0,
+                channel_order="bgr").eval()
+    seen = {}
+
+    def grab_input(module, inputs, output) -> None:  # returning None keeps the output
+        seen["x"] = inputs[0]
+
+    model.backbone.conv1.register_forward_hook(grab_input)
+    rgb = torch.tensor([0.2, 0.4, 0.6]).view(1, 3, 1, 1).expand(1, 3, 32, 32)
+    with torch.no_grad():
+        model(rgb)
+    expected = torch.tensor([0.6 * 255 - 103.939, 0.4 * 255 - 116.779, 0.2 * 255 - 123.68])
+    torch.testing.assert_close(seen["x"][0, :, 0, 0], expected)
+    with pytest.raises(ValueError, match="channel_order"):
+        FCN(2, stride=32, backbone="resnet18", channel_order="gbr")
+
+
 def test_vgg_fc_as_conv_equals_linear(tmp_path) -> None:
     torch.manual_seed(0)
     vgg = torchvision.models.vgg16(weights=None).eval()

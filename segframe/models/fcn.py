@@ -63,8 +63,10 @@ def score_layer(in_channels: int, num_classes: int) -> nn.Conv2d:
 class FCN(nn.Module):
     """forward(x: float [B,3,H,W] RGB in [0,1]) -> logits float [B,num_classes,H,W], any H, W.
 
-    Normalisation happens inside the model, `(x * input_scale - mean) / std`, so a checkpoint
-    carries it. `stride` 32/16/8 selects FCN-32s/16s/8s. `init_from` copies matching tensors from
+    Normalisation happens inside the model, `(x * input_scale - mean) / std` after an optional
+    RGB -> BGR swap (`channel_order`), so a checkpoint carries it: torchvision weights want RGB in
+    [0,1] with ImageNet mean/std; Caffe-converted VGG16 weights want BGR in 0..255 minus the BGR
+    mean (103.939, 116.779, 123.68), std 1. `stride` 32/16/8 selects FCN-32s/16s/8s. `init_from` copies matching tensors from
     a coarser (or same) FCN checkpoint for staged training (after `pretrained` loading, so it wins).
     """
 
@@ -78,8 +80,12 @@ class FCN(nn.Module):
         mean: Sequence[float] = (0.485, 0.456, 0.406),
         std: Sequence[float] = (0.229, 0.224, 0.225),
         input_scale: float = 1.0,
+        channel_order: str = "rgb",
     ):
         super().__init__()
+        if channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"channel_order must be 'rgb' or 'bgr' (Caffe-converted weights), got {channel_order!r}")
+        self.channel_order = channel_order
         stride, num_classes = int(stride), int(num_classes)
         if stride not in STRIDES:
             raise ValueError(f"stride must be one of {STRIDES} (FCN-32s/16s/8s), got {stride}")
@@ -112,6 +118,8 @@ class FCN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
+        if self.channel_order == "bgr":  # Caffe models were trained on BGR images (mean in BGR order too)
+            x = x.flip(1)
         x = (x * self.input_scale - self.mean) / self.std
         # zero in normalised space = the mean colour; sizes then divide exactly by 8/16/32
         x = F.pad(x, (0, (-w) % 32, 0, (-h) % 32))
