@@ -181,6 +181,11 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     from segframe.module import SegModule
 
     check_keys(cfg, "train")
+    if cfg.get("parent_experiment") and not cfg.model.get("init_from"):
+        raise ConfigError(
+            f"this experiment is a stage after {cfg.parent_experiment!r}: pass model.init_from=<its checkpoint>, or "
+            f"let `python -m segframe.reproduce experiment=<this experiment>` train the stages in order"
+        )
     pl.seed_everything(cfg.seed, workers=True)
     ensure_converted(cfg.data)
     dm = _datamodule(cfg.data, cfg.datamodule, instantiate(cfg.augmentation.train),

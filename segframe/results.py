@@ -1,0 +1,91 @@
+"""`python -m segframe.results [--check]`: the README's results table, generated from the
+experiment files (what each reports) and experiments/results/*.json (what `segframe.reproduce`
+measured). Never typed by hand: `--check` exits 1 when the README differs from what this makes.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from segframe.paths import EXPERIMENTS_DIR, REPO_ROOT
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+METRICS = ("miou", "mean_acc", "pixel_acc", "fwiou")
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{float(v):.2f}"
+
+
+def row(name: str, experiment: Any, result: dict[str, Any] | None) -> str:
+    ref = experiment.reference
+    reported = " / ".join(_pct(ref.get("mean", {}).get(m)) for m in METRICS)
+    if result is None:
+        why = ref.get("not_reproduced", "not run yet")
+        reproduced, diff, status, wall = f"not reproduced ({why})", "-", "-", "-"
+    else:
+        from segframe.reproduce import compare
+
+        metrics = compare(ref, result["runs"])  # against the reference as it stands now
+        seeds = ", ".join(_pct(v) for v in metrics["miou"]["per_seed"])
+        reproduced = " / ".join(_pct(metrics[m]["reproduced"]) for m in METRICS) + f" (mIoU per seed: {seeds})"
+        diff = "-" if metrics["miou"]["diff"] is None else f"{metrics['miou']['diff']:+.2f}"
+        verdicts = [metrics[m]["within"] for m in METRICS if metrics[m]["within"] is not None]
+        tolerances = ", ".join(f"{m} ±{metrics[m]['tolerance']}" for m in METRICS if metrics[m]["tolerance"] is not None)
+        status = ("within tolerance" if all(verdicts) else "OUTSIDE tolerance") + f" ({tolerances})" if verdicts \
+            else "no tolerance"
+        walls = [w for w in result.get("wall_s", []) if w is not None]
+        wall = f"{statistics.fmean(walls):.0f} s ({result['machine'].get('device', '?')}, {result['date']})" if walls \
+            else "-"
+    return (f"| `{name}` | {ref.get('recipe', '')} | {ref.get('data', '')} | {reported} | {ref.get('source', '')} | "
+            f"{reproduced} | {diff} | {status} | {wall} |")
+
+
+def table(experiments_dir: Path = EXPERIMENTS_DIR) -> str:
+    lines = [
+        "| experiment | recipe | evaluated on | reported mIoU / mean acc / pixel acc / fwIoU % | source of the reported "
+        "numbers | reproduced here (mean over seeds) | Δ mIoU | verdict | wall time per run |",
+        "| --- | --- | --- | --- | --- | --- | ---: | --- | --- |",
+    ]
+    for path in sorted(experiments_dir.glob("*.yaml")):
+        experiment = OmegaConf.load(path)
+        if experiment.get("reference") is None:
+            continue
+        result_file = experiments_dir / "results" / f"{path.stem}.json"
+        result = json.loads(result_file.read_text()) if result_file.is_file() else None
+        lines.append(row(path.stem, experiment, result))
+    return "\n".join(lines) + "\n"
+
+
+def render(readme: str, generated: str) -> str:
+    if START not in readme or END not in readme:
+        raise ValueError(f"README.md has no {START} ... {END} markers for the results table")
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{generated}{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    readme_path = REPO_ROOT / "README.md"
+    readme = readme_path.read_text()
+    updated = render(readme, table())
+    if "--check" in args:
+        if updated != readme:
+            print("README.md's results table is out of date: run `python -m segframe.results`", file=sys.stderr)
+            return 1
+        print("README.md's results table is up to date")
+        return 0
+    readme_path.write_text(updated)
+    print(f"updated the results table in {readme_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
