@@ -243,6 +243,7 @@ def _write(run_dir: Path, module: Any, dm: Any, split: str, ckpt: str, examples:
     info = {"dataset": dm.manifest["name"], "split": split, "checkpoint": str(ckpt),
             "num_samples": dm.manifest["splits"][split]["num_samples"], "inference": module.inference, **extra}
     metrics = write_report(run_dir, module.last_confmat["test"], dm.classes, dm.palette, info, examples)
+    print(f"\n{info['dataset']} {split} ({info['num_samples']} images):\n" + (run_dir / "per_class.md").read_text())
     log.info("%s %s: mIoU %.2f  mean acc %.2f  pixel acc %.2f  fwIoU %.2f  (report in %s)", info["dataset"], split,
              *(100 * (metrics[k] or 0) for k in ("miou", "mean_acc", "pixel_acc", "fwiou")), run_dir)
     return metrics

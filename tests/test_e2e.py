@@ -87,7 +87,9 @@ def test_eval_with_test_time_options(trained):
     for name, options in {"tta": ["eval.scales=[0.75,1.0,1.5]", "eval.flip=true"],
                           "slide": ["eval.mode=slide", "eval.crop=32", "eval.stride=20"]}.items():
         out = root / f"eval-{name}"
-        _ok(run_cli("eval", f"ckpt={best}", f"hydra.run.dir={out}", "datamodule.num_workers=0", *options))
+        res = run_cli("eval", f"ckpt={best}", f"hydra.run.dir={out}", "datamodule.num_workers=0", *options)
+        _ok(res)
+        assert "| mIoU % | mean acc % | pixel acc % | fwIoU % |" in res.stdout  # a table to paste
         metrics = json.loads((out / "metrics.json").read_text())
         assert sum(map(sum, metrics["confusion_matrix"])) == pixels
         assert metrics["inference"]["mode"] == ("slide" if name == "slide" else "whole")

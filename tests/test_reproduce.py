@@ -1,0 +1,153 @@
+"""Experiment recipes, `segframe.reproduce` (staged chains, tolerance verdicts) and the generated
+results table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from segframe.paths import CONF_DIR, EXPERIMENTS_DIR
+
+from conftest import REPO, run_cli
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+@pytest.mark.parametrize("stride, lr, parent", [(32, 1e-6, None), (16, 1e-8, "fcn32s_voc_aug"),
+                                                (8, 1e-9, "fcn16s_voc_aug")])
+def test_seed_recipes(stride, lr, parent):
+    cfg = _compose([f"experiment=fcn{stride}s_voc_aug"])
+    assert cfg.data.name == "voc_aug" and cfg.data.split_mode == 2 and cfg.data.crop_size == 384
+    assert cfg.model.stride == stride and cfg.model.backbone == "vgg16"
+    assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == lr
+    assert cfg.datamodule.batch_size == 1 and cfg.trainer.max_epochs == 10
+    assert cfg.augmentation.train._target_.endswith("seed_train") and list(cfg.augmentation.train.scale) == [0.9, 1.1]
+    assert cfg.module.loss_reduction == "mean" and cfg.parent_experiment == parent
+    assert cfg.model.pretrained is (parent is None)  # ImageNet for the first stage, the chain after
+    assert cfg.reference.mean.miou == {32: 62.70, 16: 63.52, 8: 63.65}[stride]
+
+
+@pytest.mark.parametrize("stride, lr, miou", [(32, 1e-10, 59.4), (16, 1e-12, 62.4), (8, 1e-14, 62.7)])
+def test_paper_recipes(stride, lr, miou):
+    cfg = _compose([f"experiment=fcn{stride}s_voc_paper"])
+    assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.lr == lr
+    assert cfg.optimizer.momentum == 0.99 and cfg.optimizer.weight_decay == 0.0005
+    assert cfg.module.loss_reduction == "sum" and cfg.module.bias_lr_mult == 2.0 and not cfg.module.bias_weight_decay
+    assert cfg.datamodule.batch_size == 1 and cfg.augmentation.train._target_.endswith("identity")
+    assert cfg.model.channel_order == "bgr" and cfg.model.input_scale == 255.0 and list(cfg.model.std) == [1, 1, 1]
+    assert cfg.reference.mean.miou == miou and cfg.scheduler._target_.endswith("ConstantLR")
+
+
+def test_a_stage_refuses_to_train_without_its_parent_checkpoint(tmp_path):
+    res = run_cli("train", "experiment=shapes_fcn16s", f"paths.data_dir={tmp_path}", f"hydra.run.dir={tmp_path}/r",
+                  cwd=tmp_path)
+    assert res.returncode == 1 and "stage after 'shapes_fcn32s'" in res.stderr and "segframe.reproduce" in res.stderr
+
+
+TINY = """# @package _global_
+{parent}defaults:
+  - override /data: shapes
+  - override /model: {model}
+  - override /optimizer: adamw
+  - override /logger: none
+model: {{backbone: resnet18, pretrained: false}}
+data: {{crop_size: 48, shard_size: 8, source: {{num_train: 16, num_val: 6, size: 48}}}}
+datamodule: {{batch_size: 4, eval_batch_size: 4, num_workers: 0}}
+optimizer: {{lr: 0.003}}
+trainer: {{max_epochs: 1}}
+report: {{num_images: 0}}
+reference:
+  recipe: tiny {model}
+  data: tiny shapes
+  source: test
+  seeds: [0]
+  mean: {{miou: {miou}}}
+  tolerance: {{miou: {tol}}}
+"""
+
+
+def _experiments(tmp_path: Path) -> Path:
+    folder = tmp_path / "conf" / "experiment"
+    folder.mkdir(parents=True)
+    (folder / "tiny32.yaml").write_text(TINY.format(parent="", model="fcn32s", miou=50.0, tol=50.0))
+    (folder / "tiny16.yaml").write_text(TINY.format(parent="parent_experiment: tiny32\n", model="fcn16s",
+                                                     miou=50.0, tol=50.0))
+    (folder / "tiny_miss.yaml").write_text(TINY.format(parent="", model="fcn32s", miou=99.9, tol=0.01))
+    return folder
+
+
+def test_reproduce_trains_the_chain_records_and_judges(tmp_path):
+    folder = _experiments(tmp_path)
+    env = {"SEGFRAME_EXPERIMENTS": str(folder)}
+    common = [f"out={tmp_path / 'runs'}", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+              f"paths.data_dir={tmp_path / 'data'}"]
+    res = run_cli("reproduce", "experiment=tiny16", *common, cwd=tmp_path, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "stage tiny32 has no checkpoint yet; training it first" in res.stdout
+    parent_ckpt = next((tmp_path / "runs" / "tiny32" / "seed0" / "checkpoints").glob("best-*.ckpt"))
+    config = OmegaConf.load(tmp_path / "runs" / "tiny16" / "seed0" / "config.yaml")
+    assert config.model.init_from == str(parent_ckpt)  # the 16s stage started from the 32s weights
+    result = json.loads((folder / "results" / "tiny16.json").read_text())
+    assert result["seeds"] == [0] and result["metrics"]["miou"]["within"] is True
+    assert result["runs"][0]["ok"] and result["machine"]["cpus"] >= 1
+    assert "miou" in res.stdout and "reported" in res.stdout
+    # a second run reuses the stage's checkpoint instead of retraining it
+    again = run_cli("reproduce", "experiment=tiny16", *common, cwd=tmp_path, env=env)
+    assert again.returncode == 0 and "training it first" not in again.stdout
+    miss = run_cli("reproduce", "experiment=tiny_miss", *common, cwd=tmp_path, env=env)
+    assert miss.returncode == 1 and "MISS" in miss.stdout and "outside the tolerance: ['miou']" in miss.stderr
+    assert json.loads((folder / "results" / "tiny_miss.json").read_text())["metrics"]["miou"]["within"] is False
+    unknown = run_cli("reproduce", "experiment=nope", cwd=tmp_path, env=env)
+    assert unknown.returncode == 2 and "tiny16" in unknown.stderr
+
+
+def test_results_table_rows(tmp_path):
+    from segframe.results import row
+
+    experiment = OmegaConf.create({"reference": {"recipe": "r", "data": "d", "source": "s", "mean": {"miou": 60.0},
+                                                 "tolerance": {"miou": 1.0}, "not_reproduced": "needs a GPU"}})
+    assert "not reproduced (needs a GPU)" in row("x", experiment, None)
+    runs = [{"ok": True, "miou": 0.612, "mean_acc": 0.7, "pixel_acc": 0.9, "fwiou": 0.8}]
+    result = {"runs": runs, "wall_s": [100.0], "machine": {"device": "cpu"}, "date": "2026-11-24"}
+    line = row("x", experiment, result)
+    assert "61.20" in line and "+1.20" in line and "OUTSIDE tolerance" in line
+    experiment.reference.tolerance.miou = 2.0  # judged against the reference as it stands now
+    assert "within tolerance" in row("x", experiment, result)
+
+
+def test_readme_results_table_is_generated_from_the_files():
+    res = run_cli("results", "--check", cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    assert all(f"`{p.stem}`" in (REPO / "README.md").read_text()
+               for p in EXPERIMENTS_DIR.glob("*.yaml"))
+
+
+def test_voc_aug_chain_runs_end_to_end_on_a_tiny_voc_tree(tmp_path):
+    """The seed's VOC rows as commands: convert a tiny VOC + SBD tree, then reproduce FCN-16s,
+    which trains the FCN-32s stage first (VGG16 without ImageNet weights: nothing to download)."""
+    from test_sources_voc import BT, BV, PT, PV, _image, make_sbd, make_voc
+
+    voc_root = make_voc(tmp_path / "raw", PT, PV)
+    sbd_root = make_sbd(tmp_path / "raw", BT, BV)
+    for image_id in (set(BT) | set(BV)) - set(PT) - set(PV):
+        _image(voc_root / "JPEGImages" / f"{image_id}.jpg", 3)
+    data = [f"data.voc_root={voc_root}", f"data.sbd_root={sbd_root}", f"paths.data_dir={tmp_path / 'data'}"]
+    assert run_cli("convert", "data=voc_aug", *data, cwd=tmp_path).returncode == 0
+    res = run_cli("reproduce", "experiment=fcn16s_voc_aug", f"out={tmp_path / 'runs'}", *data,
+                  "model.pretrained=false", "data.crop_size=64", "trainer.max_epochs=1", "datamodule.num_workers=0",
+                  "report.num_images=0", cwd=tmp_path)
+    # a 1-epoch run is far from 63.52 mIoU: the verdict is a miss, and nothing is recorded
+    assert res.returncode == 1 and "outside the tolerance: ['miou']" in res.stderr, res.stdout[-3000:]
+    assert "stage fcn32s_voc_aug has no checkpoint yet" in res.stdout and "not recording" in res.stdout
+    metrics = json.loads((tmp_path / "runs" / "fcn16s_voc_aug" / "seed0" / "metrics.json").read_text())
+    assert metrics["dataset"] == "voc_aug" and metrics["num_samples"] == 2  # mode 2 val = PV minus BT
+    config = OmegaConf.load(tmp_path / "runs" / "fcn16s_voc_aug" / "seed0" / "config.yaml")
+    assert config.model.stride == 16 and config.optimizer.lr == 1e-8 and "fcn32s_voc_aug" in config.model.init_from
+    assert not (EXPERIMENTS_DIR / "results" / "fcn16s_voc_aug.json").exists()
