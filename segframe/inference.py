@@ -35,10 +35,10 @@ def slide(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, crop: 
     for y0 in window_starts(h, crop, stride):
         for x0 in window_starts(w, crop, stride):
             logits = model(x[..., y0:y0 + crop, x0:x0 + crop])
-            if total is None:
-                total = logits.new_zeros(*logits.shape[:2], h, w)
-                count = logits.new_zeros(1, 1, h, w)
-            total[..., y0:y0 + crop, x0:x0 + crop] += logits
+            if total is None:  # float32 sums: adding overlapping bf16/fp16 logits loses precision
+                total = torch.zeros(*logits.shape[:2], h, w, dtype=torch.float32, device=logits.device)
+                count = torch.zeros(1, 1, h, w, dtype=torch.float32, device=logits.device)
+            total[..., y0:y0 + crop, x0:x0 + crop] += logits.float()
             count[..., y0:y0 + crop, x0:x0 + crop] += 1
     return total / count
 
@@ -48,8 +48,9 @@ def check_options(scales: Sequence[float] = (1.0,), flip: bool = False, mode: st
     """Refuse options `infer` cannot honour, before any work (not after hours of training)."""
     if mode not in MODES:
         raise ValueError(f"eval.mode must be one of {MODES}, got {mode!r}")
-    if not scales or any(s <= 0 for s in scales):
-        raise ValueError(f"eval.scales must be positive factors, got {list(scales)}")
+    if not isinstance(scales, (list, tuple)) or not scales or any(not isinstance(s, (int, float)) or s <= 0
+                                                                  for s in scales):
+        raise ValueError(f"eval.scales must be a list of positive factors, e.g. [0.75, 1.0, 1.25]; got {scales!r}")
     if mode == "slide" and not 0 < stride <= crop:
         raise ValueError(f"eval.stride must be in 1..eval.crop ({crop}) so windows cover the image, got {stride}")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from segframe.data.sample import SampleError, decode_image
-
-log = logging.getLogger("segframe")
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -46,37 +43,53 @@ def index_png(mask: np.ndarray, palette: list[list[int]], path: Path) -> None:
 
 
 def _output_names(files: list[Path]) -> list[str]:
-    """Output stems: the file stem, made unique when two inputs share one (a glob over folders)."""
-    seen: dict[str, int] = {}
+    """Output stems: the file stem, made unique when two inputs share one (a.jpg and a.png, or a
+    glob over folders), checked against every name already given out."""
+    taken: set[str] = set()
     names = []
     for f in files:
-        count = seen.get(f.stem, 0)
-        seen[f.stem] = count + 1
-        names.append(f.stem if count == 0 else f"{f.stem}_{count}")
+        name, n = f.stem, 1
+        while name in taken:
+            name, n = f"{f.stem}_{n}", n + 1
+        taken.add(name)
+        names.append(name)
     return names
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """RGB as a viewer shows it: EXIF orientation applied (phone photos), so masks line up."""
+    from PIL import ImageOps
+
+    decode_image(path.read_bytes(), str(path))  # one clear error for corrupt or unsupported files
+    with Image.open(path) as im:
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
 
 
 @torch.no_grad()
 def predict_files(module: Any, files: list[Path], out_dir: Path, alpha: float = 0.5,
                   device: str = "cpu") -> tuple[int, list[tuple[str, str]]]:
-    """Writes `<stem>.png` (class indices, palette PNG) and `<stem>_overlay.png` per image.
-    An unreadable image is reported and skipped. Returns (written, [(file, problem)])."""
+    """Writes `<stem>_mask.png` (class indices, palette PNG) and `<stem>_overlay.png` per image.
+    An unreadable image, or one that fails in the model (e.g. out of memory), is reported and
+    skipped. Returns (written, [(file, problem)])."""
     from segframe.data.browse import overlay
 
+    if any(f.parent.resolve() == out_dir.resolve() for f in files):
+        raise ValueError(f"output={out_dir} holds the input images; write the predictions to another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     module.eval().to(device)
     failed: list[tuple[str, str]] = []
     written = 0
     for path, name in tqdm(list(zip(files, _output_names(files))), desc="predict", unit="img"):
         try:
-            image = decode_image(path.read_bytes(), str(path))
-        except (SampleError, OSError) as exc:
-            log.warning("skipping %s: %s", path, exc)
-            failed.append((str(path), str(exc)))
+            image = _read_image(path)
+            batch = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].to(device)
+            mask = module.predict_scores(batch).argmax(1)[0].cpu().numpy().astype(np.uint8)
+        except (SampleError, OSError, RuntimeError) as exc:  # RuntimeError: e.g. CUDA out of memory
+            hint = "; try eval.mode=slide for large images" if isinstance(exc, RuntimeError) else ""
+            tqdm.write(f"skipping {path}: {exc}{hint}")  # keeps the progress bar intact
+            failed.append((str(path), f"{exc}{hint}"))
             continue
-        batch = torch.from_numpy(image).permute(2, 0, 1)[None].to(device)
-        mask = module.predict_scores(batch).argmax(1)[0].cpu().numpy().astype(np.uint8)
-        index_png(mask, module.palette, out_dir / f"{name}.png")
+        index_png(mask, module.palette, out_dir / f"{name}_mask.png")
         Image.fromarray(overlay(image, mask, module.palette, alpha)).save(out_dir / f"{name}_overlay.png")
         written += 1
     return written, failed
@@ -92,7 +105,7 @@ def predict(cfg: DictConfig, run_dir: Path) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     out_dir = Path(cfg.output) if cfg.output else run_dir
     written, failed = predict_files(module, files, out_dir, float(cfg.overlay_alpha), device)
-    print(f"wrote {written} prediction(s) to {out_dir} (<name>.png: class indices; <name>_overlay.png)")
+    print(f"wrote {written} prediction(s) to {out_dir} (<name>_mask.png: class indices; <name>_overlay.png)")
     if failed:
         print(f"skipped {len(failed)} unreadable file(s):")
         for path, problem in failed:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,28 +41,44 @@ def load_experiment(name: str) -> DictConfig:
     return OmegaConf.load(path)
 
 
-def best_checkpoint(run_dir: Path) -> Path | None:
-    found = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
-    return found[-1] if found else None
+STAMP = "reproduce.json"
 
 
-def train_run(name: str, seed: int, out: Path, overrides: list[str], log: Any = print) -> dict[str, Any]:
-    """One seed of one experiment (its parent stages first, when their checkpoints are missing).
-    Returns {seed, metrics..., wall_s, run_dir, ok}."""
+def _finished(run_dir: Path, name: str, seed: int, overrides: list[str]) -> Path | None:
+    """The evaluated checkpoint of a finished run of this experiment, seed and overrides, if any:
+    a parent stage is reused only when it is exactly what this reproduction would train."""
+    stamp, metrics = run_dir / STAMP, run_dir / "metrics.json"
+    if not (stamp.is_file() and metrics.is_file()):
+        return None
+    if json.loads(stamp.read_text()) != {"experiment": name, "seed": seed, "overrides": overrides}:
+        return None
+    checkpoint = Path(json.loads(metrics.read_text()).get("checkpoint", ""))
+    return checkpoint if checkpoint.is_file() else None
+
+
+def train_run(name: str, seed: int, out: Path, overrides: list[str], log: Any = print,
+              chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One seed of one experiment (its parent stages first, unless a finished run of the same
+    parent, seed and overrides is there). Returns {seed, metrics..., wall_s, run_dir, ok}."""
+    if name in chain:
+        raise ValueError(f"parent_experiment forms a cycle: {' -> '.join(chain + (name,))}")
     run_dir = out / name / f"seed{seed}"
     extra = []
     parent = load_experiment(name).get("parent_experiment")
     if parent:
-        parent_ckpt = best_checkpoint(out / parent / f"seed{seed}")
+        parent_dir = out / parent / f"seed{seed}"
+        parent_ckpt = _finished(parent_dir, parent, seed, overrides)
         if parent_ckpt is None:
-            log(f"{name} seed {seed}: stage {parent} has no checkpoint yet; training it first")
-            if not train_run(parent, seed, out, overrides, log)["ok"]:
+            log(f"{name} seed {seed}: stage {parent} has no finished run here yet; training it first")
+            if not train_run(parent, seed, out, overrides, log, chain + (name,))["ok"]:
                 return {"seed": seed, "ok": False, "run_dir": str(run_dir), "error": f"stage {parent} failed"}
-            parent_ckpt = best_checkpoint(out / parent / f"seed{seed}")
+            parent_ckpt = _finished(parent_dir, parent, seed, overrides)
         extra.append(f"model.init_from={parent_ckpt}")
     command = [sys.executable, "-m", "segframe.train", f"experiment={name}", f"seed={seed}",
                f"hydra.run.dir={run_dir}", *extra, *overrides]
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.exists():  # never read a checkpoint or metrics.json left by an earlier run
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
     log(f"{name} seed {seed}: training -> {run_dir} (log: {run_dir / 'reproduce.log'})")
     start = time.time()
     with open(run_dir / "reproduce.log", "w") as log_file:
@@ -71,11 +88,12 @@ def train_run(name: str, seed: int, out: Path, overrides: list[str], log: Any = 
     if code != 0 or not metrics_file.is_file():
         log(f"{name} seed {seed}: FAILED (exit {code}); see {run_dir / 'reproduce.log'}")
         return {"seed": seed, "ok": False, "run_dir": str(run_dir), "wall_s": wall, "error": f"exit {code}"}
+    (run_dir / STAMP).write_text(json.dumps({"experiment": name, "seed": seed, "overrides": overrides}))
     metrics = json.loads(metrics_file.read_text())
     log(f"{name} seed {seed}: mIoU {100 * (metrics['miou'] or 0):.2f} in {wall:.0f} s")
     return {"seed": seed, "ok": True, "run_dir": str(run_dir), "wall_s": wall,
             "git_commit": metrics.get("git_commit"), "steps": metrics.get("steps"),
-            **{k: metrics[k] for k in METRICS}}
+            "init_from": extra[0].split("=", 1)[1] if extra else None, **{k: metrics[k] for k in METRICS}}
 
 
 def compare(reference: DictConfig | None, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -85,14 +103,17 @@ def compare(reference: DictConfig | None, runs: list[dict[str, Any]]) -> dict[st
     for metric in METRICS:
         values = [100 * r[metric] for r in done if r.get(metric) is not None]
         mean = round(statistics.fmean(values), 2) if values else None
-        reported = reference.mean.get(metric) if reference is not None and reference.get("mean") else None
-        tolerance = reference.get("tolerance", {}).get(metric) if reference is not None else None
+        ref = reference if reference is not None else {}
+        reported = (ref.get("mean") or {}).get(metric)
+        tolerance = (ref.get("tolerance") or {}).get(metric)
+        minimum = (ref.get("minimum") or {}).get(metric)  # an expectation: at least this much
         diff = round(mean - reported, 2) if mean is not None and reported is not None else None
+        verdicts = ([abs(diff) <= tolerance] if tolerance is not None and diff is not None else []) + \
+            ([mean >= minimum] if minimum is not None and mean is not None else [])
         rows[metric] = {
             "reported": reported, "reproduced": mean, "per_seed": [round(v, 2) for v in values],
             "spread": round(max(values) - min(values), 2) if values else None, "diff": diff,
-            "tolerance": tolerance,
-            "within": None if tolerance is None or diff is None else abs(diff) <= tolerance,
+            "tolerance": tolerance, "minimum": minimum, "within": all(verdicts) if verdicts else None,
         }
     return rows
 
@@ -104,7 +125,8 @@ def print_table(name: str, rows: dict[str, Any]) -> None:
     print(f"\n{name}: reported vs reproduced (percent)")
     print(f"{'metric':<10} {'reported':>9} {'reproduced':>11} {'diff':>7} {'tolerance':>9}  per seed")
     for metric, row in rows.items():
-        verdict = {True: "ok", False: "MISS", None: ""}[row["within"]]
+        verdict = {True: "ok", False: "MISS", None: ""}[row["within"]] + \
+            (f" (at least {row['minimum']:.2f})" if row.get("minimum") is not None else "")
         diff = "-" if row["diff"] is None else f"{row['diff']:+.2f}"
         print(f"{metric:<10} {fmt(row['reported']):>9} {fmt(row['reproduced']):>11} {diff:>7} "
               f"{fmt(row['tolerance']):>9}  {row['per_seed']} {verdict}")
@@ -127,10 +149,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     reference = experiment.get("reference")
-    seeds = [int(s) for s in options["seeds"].strip("[]").split(",")] if "seeds" in options else \
-        list(reference.get("seeds", [0])) if reference is not None else [0]
+    try:
+        seeds = [int(s) for s in options["seeds"].strip("[]").split(",")] if "seeds" in options else \
+            [int(s) for s in (reference.get("seeds", [0]) if reference is not None else [0])]
+    except ValueError:
+        print(f"error: seeds must be integers, e.g. seeds=0,1; got {options['seeds']!r}", file=sys.stderr)
+        return 2
+    seeds = list(dict.fromkeys(seeds))  # a repeated seed would count twice in the mean
+    if any(o.startswith("hydra.run.dir=") for o in overrides):
+        print("error: reproduce places each run under out=DIR/NAME/seedK; use out=DIR, not hydra.run.dir",
+              file=sys.stderr)
+        return 2
     out = Path(options.get("out", "outputs/reproduce"))
-    runs = [train_run(name, seed, out, overrides) for seed in seeds]
+    try:
+        runs = [train_run(name, seed, out, overrides) for seed in seeds]
+    except (ValueError, FileNotFoundError) as exc:  # a parent_experiment cycle or a missing parent file
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     rows = compare(reference, runs)
     print_table(name, rows)
     result = {
@@ -143,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r for r in runs if not r["ok"]]
     missed = [m for m, row in rows.items() if row["within"] is False]
     results = experiments_dir() / "results" / f"{name}.json"
-    recipe = [o for o in overrides if not o.startswith(("hydra.", "paths.", "datamodule.num_workers",
-                                                         "trainer.accelerator", "trainer.devices"))]
+    # where data and outputs live, and loader processes, do not change the numbers; devices do
+    # (DDP multiplies the batch), so they count as a different recipe
+    recipe = [o for o in overrides if not o.startswith(("hydra.", "paths.", "datamodule.num_workers"))]
     if recipe:  # a changed recipe is not the experiment: keep its numbers out of the results table
         print(f"\nnot recording {results}: overrides {recipe} change the recipe")
     elif not failed:

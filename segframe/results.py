@@ -26,6 +26,8 @@ def _pct(v: Any) -> str:
 def row(name: str, experiment: Any, result: dict[str, Any] | None) -> str:
     ref = experiment.reference
     reported = " / ".join(_pct(ref.get("mean", {}).get(m)) for m in METRICS)
+    if ref.get("minimum"):
+        reported = ", ".join(f"{m} >= {_pct(v)}" for m, v in ref.minimum.items()) + " (expected)"
     if result is None:
         why = ref.get("not_reproduced", "not run yet")
         reproduced, diff, status, wall = f"not reproduced ({why})", "-", "-", "-"
@@ -37,7 +39,8 @@ def row(name: str, experiment: Any, result: dict[str, Any] | None) -> str:
         reproduced = " / ".join(_pct(metrics[m]["reproduced"]) for m in METRICS) + f" (mIoU per seed: {seeds})"
         diff = "-" if metrics["miou"]["diff"] is None else f"{metrics['miou']['diff']:+.2f}"
         verdicts = [metrics[m]["within"] for m in METRICS if metrics[m]["within"] is not None]
-        tolerances = ", ".join(f"{m} ±{metrics[m]['tolerance']}" for m in METRICS if metrics[m]["tolerance"] is not None)
+        tolerances = ", ".join([f"{m} ±{metrics[m]['tolerance']}" for m in METRICS if metrics[m]["tolerance"] is not None]
+                               + [f"{m} >= {metrics[m]['minimum']}" for m in METRICS if metrics[m]["minimum"] is not None])
         status = ("within tolerance" if all(verdicts) else "OUTSIDE tolerance") + f" ({tolerances})" if verdicts \
             else "no tolerance"
         walls = [w for w in result.get("wall_s", []) if w is not None]

@@ -143,10 +143,28 @@ def _browse(cfg: DictConfig, run_dir: Path) -> int:
     return 0
 
 
+def check_source_options(data: DictConfig, manifest: dict[str, Any]) -> None:
+    """Shards converted with other converter settings (a split mode, a val size, a seed...) than the
+    config asks for would silently train and evaluate on other splits: refuse them."""
+    recorded = (manifest.get("source") or {}).get("options") or {}
+    try:
+        wanted = {k: v for k, v in plain(data.source).items() if not k.startswith("_")}
+    except Exception:  # noqa: BLE001 (an unresolvable source node: nothing to compare)
+        return
+    differ = {k: (recorded[k], wanted[k]) for k in wanted if k in recorded and not k.endswith(("root", "dir"))
+              and json.dumps(recorded[k], sort_keys=True) != json.dumps(wanted[k], sort_keys=True)}
+    if differ:
+        detail = ", ".join(f"{k}={was!r} (config: {now!r})" for k, (was, now) in differ.items())
+        raise ConfigError(f"{Path(data.shard_dir) / MANIFEST} was converted with {detail}; reconvert with "
+                          f"`{convert_command(data)} overwrite=true`, or set data.shard_dir to another folder")
+
+
 def ensure_converted(data: DictConfig) -> dict[str, Any]:
     """The manifest of `data`; the embedded dataset is converted on first use, others must be."""
     try:
-        return read_manifest(data.shard_dir, convert_command(data))
+        manifest = read_manifest(data.shard_dir, convert_command(data))
+        check_source_options(data, manifest)
+        return manifest
     except ManifestError:
         if not data.get("auto_convert", False):
             raise

@@ -190,14 +190,17 @@ def test_predict_a_folder_with_a_corrupt_file(trained, tmp_path):
     _ok(res)
     assert "wrote 3 prediction(s)" in res.stdout and "broken.jpg" in res.stdout and "skipped 1" in res.stdout
     for i in range(3):
-        with Image.open(out / f"p{i}.png") as mask:
+        with Image.open(out / f"p{i}_mask.png") as mask:
             assert mask.mode == "P" and mask.size == (40, 40)
             assert set(np.unique(np.asarray(mask))) <= set(range(6))
         assert (out / f"p{i}_overlay.png").is_file()
     one = run_cli("predict", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", f"input={inputs}/p1.*",
                   f"output={tmp_path / 'glob'}", f"hydra.run.dir={tmp_path / 'run2'}")
     _ok(one)
-    assert sorted(p.name for p in (tmp_path / "glob").iterdir()) == ["p1.png", "p1_overlay.png"]
+    assert sorted(p.name for p in (tmp_path / "glob").iterdir()) == ["p1_mask.png", "p1_overlay.png"]
+    into_inputs = run_cli("predict", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", f"input={inputs}",
+                          f"output={inputs}", f"hydra.run.dir={tmp_path / 'run4'}")
+    assert into_inputs.returncode == 1 and "holds the input images" in into_inputs.stderr
     missing = run_cli("predict", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", f"input={tmp_path / 'nothing'}",
                       f"hydra.run.dir={tmp_path / 'run3'}")
     assert missing.returncode == 1 and "no such file or folder" in missing.stderr

@@ -74,7 +74,8 @@ def test_a_single_whole_pass_returns_the_logits():
 
 @pytest.mark.parametrize("options, message", [
     ({"mode": "slid"}, "eval.mode must be one of"),
-    ({"scales": [1.0, 0.0]}, "eval.scales must be positive"),
+    ({"scales": [1.0, 0.0]}, "eval.scales must be a list of positive factors"),
+    ({"scales": 1.0}, r"eval.scales must be a list .* got 1.0"),
     ({"mode": "slide", "crop": 32, "stride": 40}, "eval.stride must be in 1..eval.crop"),
 ])
 def test_bad_options_are_refused_before_any_work(options, message):

@@ -245,3 +245,17 @@ def test_init_from_plain_state_dict(tmp_path) -> None:
     assert torch.equal(fcn8.score_s16.weight, fcn16.score_s16.weight)
     assert torch.equal(fcn8.up_s32.weight, fcn16.up_s32.weight)
     assert fcn8.score_s8.weight.abs().sum() == 0
+
+
+def test_init_from_refuses_a_parent_with_other_normalisation(tmp_path) -> None:
+    parent = FCN(3, stride=32, backbone="resnet18", channel_order="bgr", input_scale=255.0,
+                 mean=(103.939, 116.779, 123.68), std=(1, 1, 1))
+    config = {"channel_order": "bgr", "input_scale": 255.0, "mean": [103.939, 116.779, 123.68], "std": [1, 1, 1]}
+    path = tmp_path / "parent.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in parent.state_dict().items()},
+                "hyper_parameters": {"model_config": config}}, path)
+    with pytest.raises(ValueError, match="input normalisation"):
+        FCN(3, stride=16, backbone="resnet18", init_from=str(path))  # torchvision RGB defaults
+    child = FCN(3, stride=16, backbone="resnet18", init_from=str(path), channel_order="bgr", input_scale=255.0,
+                mean=(103.939, 116.779, 123.68), std=(1, 1, 1))
+    assert torch.equal(child.score_s32.weight, parent.score_s32.weight)

@@ -90,7 +90,7 @@ def test_reproduce_trains_the_chain_records_and_judges(tmp_path):
               f"paths.data_dir={tmp_path / 'data'}"]
     res = run_cli("reproduce", "experiment=tiny16", *common, cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "stage tiny32 has no checkpoint yet; training it first" in res.stdout
+    assert "stage tiny32 has no finished run here yet; training it first" in res.stdout
     parent_ckpt = next((tmp_path / "runs" / "tiny32" / "seed0" / "checkpoints").glob("best-*.ckpt"))
     config = OmegaConf.load(tmp_path / "runs" / "tiny16" / "seed0" / "config.yaml")
     assert config.model.init_from == str(parent_ckpt)  # the 16s stage started from the 32s weights
@@ -98,9 +98,16 @@ def test_reproduce_trains_the_chain_records_and_judges(tmp_path):
     assert result["seeds"] == [0] and result["metrics"]["miou"]["within"] is True
     assert result["runs"][0]["ok"] and result["machine"]["cpus"] >= 1
     assert "miou" in res.stdout and "reported" in res.stdout
-    # a second run reuses the stage's checkpoint instead of retraining it
+    assert result["runs"][0]["init_from"] == str(parent_ckpt)
+    # a second run reuses the finished stage instead of retraining it; other overrides do not
     again = run_cli("reproduce", "experiment=tiny16", *common, cwd=tmp_path, env=env)
     assert again.returncode == 0 and "training it first" not in again.stdout
+    other = run_cli("reproduce", "experiment=tiny16", *common, "optimizer.lr=0.001", cwd=tmp_path, env=env)
+    assert other.returncode == 0 and "stage tiny32 has no finished run here yet" in other.stdout
+    assert "not recording" in other.stdout  # a changed recipe stays out of the results
+    assert len(list((tmp_path / "runs" / "tiny32" / "seed0" / "checkpoints").glob("best-*.ckpt"))) == 1  # fresh dir
+    bad = run_cli("reproduce", "experiment=tiny16", "seeds=zero", *common, cwd=tmp_path, env=env)
+    assert bad.returncode == 2 and "seeds must be integers" in bad.stderr
     miss = run_cli("reproduce", "experiment=tiny_miss", *common, cwd=tmp_path, env=env)
     assert miss.returncode == 1 and "MISS" in miss.stdout and "outside the tolerance: ['miou']" in miss.stderr
     assert json.loads((folder / "results" / "tiny_miss.json").read_text())["metrics"]["miou"]["within"] is False
@@ -145,7 +152,7 @@ def test_voc_aug_chain_runs_end_to_end_on_a_tiny_voc_tree(tmp_path):
                   "report.num_images=0", cwd=tmp_path)
     # a 1-epoch run is far from 63.52 mIoU: the verdict is a miss, and nothing is recorded
     assert res.returncode == 1 and "outside the tolerance: ['miou']" in res.stderr, res.stdout[-3000:]
-    assert "stage fcn32s_voc_aug has no checkpoint yet" in res.stdout and "not recording" in res.stdout
+    assert "stage fcn32s_voc_aug has no finished run here yet" in res.stdout and "not recording" in res.stdout
     metrics = json.loads((tmp_path / "runs" / "fcn16s_voc_aug" / "seed0" / "metrics.json").read_text())
     assert metrics["dataset"] == "voc_aug" and metrics["num_samples"] == 2  # mode 2 val = PV minus BT
     config = OmegaConf.load(tmp_path / "runs" / "fcn16s_voc_aug" / "seed0" / "config.yaml")

@@ -257,14 +257,18 @@ def test_cli_convert_voc_aug_rerun_and_browse(tmp_path):
     common = ["data=voc_aug", f"paths.raw_dir={tmp_path / 'raw'}", f"paths.data_dir={tmp_path / 'data'}"]
     result = run_cli("convert", *common, "data.split_mode=3", "num_workers=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    manifest = read_manifest(tmp_path / "data" / "voc_aug")
+    mode3 = tmp_path / "data" / "voc_aug_mode3"  # each split mode converts into its own folder
+    manifest = read_manifest(mode3)
     assert manifest["splits"]["val"]["num_samples"] == 1
     assert manifest["splits"]["train"]["num_samples"] == len(EVERYTHING) - 1 == 8
-    # a rerun with another split mode does not silently keep the old split
-    again = run_cli("convert", *common, "data.split_mode=1", cwd=tmp_path)
+    # pointed at mode-3 shards, another split mode is never silently taken for them
+    again = run_cli("convert", *common, "data.split_mode=1", f"data.shard_dir={mode3}", cwd=tmp_path)
     assert again.returncode == 0 and "already converted" in again.stdout and "'split_mode': 1" in again.stdout
+    train = run_cli("train", *common, "data.split_mode=1", f"data.shard_dir={mode3}", "model.pretrained=false",
+                    cwd=tmp_path)
+    assert train.returncode == 1 and "was converted with split_mode=3 (config: 1)" in train.stderr
     grid = tmp_path / "look" / "grid.png"
-    shown = run_cli("convert", *common, "browse=true", f"browse_file={grid}", "browse_count=3",
+    shown = run_cli("convert", *common, "data.split_mode=3", "browse=true", f"browse_file={grid}", "browse_count=3",
                     "browse_split=train", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     with Image.open(grid) as im:

@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -140,6 +141,26 @@ def _group(names: Sequence[str]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in counts.items()) or "none"
 
 
+def _check_same_normalisation(model: nn.Module, ckpt: Any, file: Path) -> None:
+    """Weights learnt on one input normalisation are wrong under another (RGB vs Caffe BGR 0..255):
+    a stage must keep its parent's `channel_order`, `input_scale`, `mean` and `std`."""
+    parent = (ckpt.get("hyper_parameters") or {}).get("model_config") if isinstance(ckpt, dict) else None
+    if not parent:
+        return  # a plain state_dict carries no normalisation to compare
+    mine = {"channel_order": getattr(model, "channel_order", "rgb"), "input_scale": model.input_scale,
+            "mean": list(model.norm_mean), "std": list(model.norm_std)}
+    theirs = {"channel_order": parent.get("channel_order", "rgb"), "input_scale": float(parent.get("input_scale", 1.0)),
+              "mean": [float(v) for v in parent.get("mean", mine["mean"])],
+              "std": [float(v) for v in parent.get("std", mine["std"])]}
+    differ = [k for k in mine if (mine[k] != theirs[k] if k == "channel_order" else
+                                  not torch.allclose(torch.tensor(mine[k], dtype=torch.float64),
+                                                     torch.tensor(theirs[k], dtype=torch.float64)))]
+    if differ:
+        raise ValueError(f"init_from {file} was trained with input normalisation "
+                         f"{ {k: theirs[k] for k in differ} } but this model uses { {k: mine[k] for k in differ} }; "
+                         "set model.channel_order/input_scale/mean/std as the parent had them")
+
+
 def load_matching_weights(model: nn.Module, path: str | os.PathLike) -> tuple[list[str], list[str]]:
     """Copy every tensor of checkpoint `path` whose name and shape match `model` (staged 32s -> 16s -> 8s).
 
@@ -156,6 +177,7 @@ def load_matching_weights(model: nn.Module, path: str | os.PathLike) -> tuple[li
     if not isinstance(state, dict):
         raise ValueError(f"{file}: expected a Lightning checkpoint or a state_dict, got {type(state).__name__}")
     state = {k.removeprefix("model."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    _check_same_normalisation(model, ckpt, file)
 
     own = model.state_dict()
     for name in ("score_s32.weight", "score_s16.weight", "score_s8.weight"):
