@@ -99,6 +99,19 @@ def test_eval_with_test_time_options(trained):
     assert bad.returncode == 1 and "eval.mode must be one of" in bad.stderr
 
 
+def test_eval_under_ddp_with_two_cpu_processes_equals_one_process(trained):
+    """Each val sample is counted exactly once across ranks and the confusion matrix is summed
+    exactly: 2 gloo processes give the single-process matrix to the pixel."""
+    root, run = trained
+    best = next((run / "checkpoints").glob("best-epoch*.ckpt"))
+    out = root / "eval-ddp"
+    _ok(run_cli("eval", f"ckpt={best}", f"hydra.run.dir={out}", "datamodule.num_workers=0",
+                "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"))
+    single = json.loads((run / "metrics.json").read_text())
+    ddp = json.loads((out / "metrics.json").read_text())
+    assert ddp["confusion_matrix"] == single["confusion_matrix"]
+
+
 def test_resume_from_last_continues(trained):
     root, run = trained
     out = root / "resumed"
