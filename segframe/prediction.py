@@ -56,15 +56,6 @@ def _output_names(files: list[Path]) -> list[str]:
     return names
 
 
-def _read_image(path: Path) -> np.ndarray:
-    """RGB as a viewer shows it: EXIF orientation applied (phone photos), so masks line up."""
-    from PIL import ImageOps
-
-    decode_image(path.read_bytes(), str(path))  # one clear error for corrupt or unsupported files
-    with Image.open(path) as im:
-        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-
-
 @torch.no_grad()
 def predict_files(module: Any, files: list[Path], out_dir: Path, alpha: float = 0.5,
                   device: str = "cpu") -> tuple[int, list[tuple[str, str]]]:
@@ -81,7 +72,7 @@ def predict_files(module: Any, files: list[Path], out_dir: Path, alpha: float = 
     written = 0
     for path, name in tqdm(list(zip(files, _output_names(files))), desc="predict", unit="img"):
         try:
-            image = _read_image(path)
+            image = decode_image(path.read_bytes(), str(path), exif_transpose=True)
             batch = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].to(device)
             mask = module.predict_scores(batch).argmax(1)[0].cpu().numpy().astype(np.uint8)
         except (SampleError, OSError, RuntimeError) as exc:  # RuntimeError: e.g. CUDA out of memory

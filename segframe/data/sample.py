@@ -61,11 +61,15 @@ def encode_png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def decode_image(data: bytes, name: str = "image") -> np.ndarray:
-    """Encoded bytes -> HxWx3 uint8 RGB."""
+def decode_image(data: bytes, name: str = "image", exif_transpose: bool = False) -> np.ndarray:
+    """Encoded bytes -> HxWx3 uint8 RGB; `exif_transpose`: as a viewer shows it (phone photos)."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             _check_depth(im, name)
+            if exif_transpose:
+                from PIL import ImageOps
+
+                return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
             return np.asarray(im.convert("RGB"))
     except SampleError:
         raise
@@ -89,6 +93,11 @@ def mask_indices(im: Image.Image, name: str = "mask") -> np.ndarray:
     values = np.asarray(im, dtype=np.uint8)
     scale = _LOW_BIT_SCALE.get(rawmode)
     return values // scale if scale else values.copy()
+
+
+def is_8bit_index_png(im: Image.Image) -> bool:
+    """An opened image already in the shard's mask format (8-bit L or P PNG): its bytes can be kept."""
+    return im.format == "PNG" and im.mode in ("L", "P") and bool(im.tile) and im.tile[0].args in ("L", "P")
 
 
 def decode_mask(data: bytes, name: str = "mask") -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segframe.data.sample import RawSample, SampleError, mask_indices
+from segframe.data.sample import RawSample, SampleError, is_8bit_index_png, mask_indices
 
 Item = tuple[str, str, "str | None"]
 log = logging.getLogger("segframe")
@@ -70,7 +70,7 @@ def _open_mask(path: str | Path, keep_bytes: bool) -> np.ndarray | bytes:
                     f"mask {path} is a {im.format} of mode {im.mode!r}; expected a single-channel index or palette "
                     "image (an RGB-coloured mask needs data=folder with a palette)"
                 )
-            if keep_bytes and im.format == "PNG" and im.mode in ("L", "P") and im.tile[0].args in ("L", "P"):
+            if keep_bytes and is_8bit_index_png(im):
                 return data  # 8-bit: already the shard's mask format
             return mask_indices(im, f"mask {path}")
     except SampleError:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segframe.data.sample import IGNORE_INDEX, RawSample, SampleError, decode_mask, mask_indices
+from segframe.data.sample import IGNORE_INDEX, RawSample, SampleError, decode_mask, is_8bit_index_png, mask_indices
 from segframe.data.sources.files import (Item, fingerprint, load_pair, pairs_by_stem, read_file, read_ids,
                                          require)
 from segframe.data.sources.splits import seeded_split, split_by_lists
@@ -100,7 +100,7 @@ class FolderSource:
         mode = im.mode
         if mode in ("1", "L", "P") and self.mask_format != "rgb":
             # palette PNGs by index (VOC's convention); an 8-bit index PNG is stored as it is
-            if im.format == "PNG" and mode != "1" and im.tile[0].args in ("L", "P"):
+            if is_8bit_index_png(im):
                 return data
             return mask_indices(im, f"mask {path}")
         if mode in ("RGB", "RGBA", "P") and self.mask_format != "index" and self.palette:
