@@ -63,15 +63,23 @@ class SegModule(pl.LightningModule):
         inference: dict[str, Any] | None = None,
         model_config: dict[str, Any] | None = None,
         config: dict[str, Any] | None = None,
+        channels_last: bool = False,
+        torch_compile: bool = False,
     ):
         """`optimizer`/`scheduler` are factories (Hydra `_partial_`); `model_config` (the model's
-        plain-dict config) is stored so eval can rebuild the model from the checkpoint alone."""
+        plain-dict config) is stored so eval can rebuild the model from the checkpoint alone.
+        Speed knobs (numerics unchanged up to float rounding): `channels_last` stores weights and
+        inputs NHWC (tensor-core friendly convolutions); `torch_compile` runs the training forward through
+        `torch.compile` (evaluation stays eager: whole images of many sizes would recompile)."""
         super().__init__()
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction must be 'mean' (over valid pixels) or 'sum' (the paper's), got {loss_reduction!r}")
         # plain types only: checkpoints must load with torch.load(weights_only=True)
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         self.model = model
+        self.channels_last, self.torch_compile = channels_last, torch_compile
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.classes, self.palette = list(classes), [list(c) for c in palette]
         self.loss_reduction = loss_reduction
@@ -90,11 +98,26 @@ class SegModule(pl.LightningModule):
         self.last_confmat: dict[str, torch.Tensor] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(to_input(images))
+        return self.model(self._input(images))
+
+    def _input(self, images: torch.Tensor) -> torch.Tensor:
+        x = to_input(images)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _train_forward(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.torch_compile:
+            return self(images)
+        compiled = self.__dict__.get("_compiled")
+        if compiled is None:
+            # kept outside the module tree (object.__setattr__) so state_dict keys and checkpoints
+            # are the same with and without compile; it shares self.model's parameters
+            compiled = torch.compile(self.model)
+            object.__setattr__(self, "_compiled", compiled)
+        return compiled(self._input(images))
 
     def predict_scores(self, images: torch.Tensor) -> torch.Tensor:
         """Class scores with the test-time options (multi-scale, flip, sliding window)."""
-        return infer(self.model, to_input(images), **self.inference)
+        return infer(self.model, self._input(images), **self.inference)
 
     def _single_pass(self) -> bool:
         return self.inference.get("mode", "whole") == "whole" and list(self.inference.get("scales", [1.0])) == [1.0] \
@@ -118,7 +141,7 @@ class SegModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, masks = batch
-        loss = self.loss(self(images), masks)
+        loss = self.loss(self._train_forward(images), masks)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=images.shape[0])
         return loss
 

@@ -48,19 +48,30 @@ class ShardStream(IterableDataset):
         self.shards, self.transform, self.num_classes = shards, transform, num_classes
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0  # set from the main process before each epoch's workers start
+        self._passes = 0  # iterations of this copy inside one worker process
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def _current_epoch(self) -> int:
+        """The epoch this iteration belongs to. A fresh worker copy (or the main process) sees
+        `set_epoch`'s value; a persistent worker keeps the copy it was started with, so it counts
+        its own passes on top of that value (one pass per epoch)."""
+        if get_worker_info() is None:
+            return self.epoch
+        self._passes += 1
+        return self.epoch + self._passes - 1
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         workers, worker = _worker()
         # every (rank, worker) pair is one consumer of shards
         consumer, consumers = self.rank * workers + worker, self.world_size * workers
-        rng = random.Random(hash((self.seed, self.epoch, consumer)) & 0xFFFFFFFF)
+        epoch = self._current_epoch()
+        rng = random.Random(hash((self.seed, epoch, consumer)) & 0xFFFFFFFF)
         if self.transform is not None and hasattr(self.transform, "set_random_seed"):
             # forked workers inherit one RNG state: give each its own stream of augmentations
             self.transform.set_random_seed(rng.randrange(2**31))
-        for sample in self._samples(consumer, consumers, rng):
+        for sample in self._samples(consumer, consumers, rng, epoch):
             image, mask, _ = decode_sample(sample, self.num_classes)
             if self.transform is not None:
                 out = self.transform(image=image, mask=mask)
@@ -68,7 +79,7 @@ class ShardStream(IterableDataset):
             yield (torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
                    torch.from_numpy(mask.astype(np.int64)))
 
-    def _samples(self, consumer: int, consumers: int, rng: random.Random) -> Iterator[dict]:
+    def _samples(self, consumer: int, consumers: int, rng: random.Random, epoch: int) -> Iterator[dict]:
         """Each sample exactly once over all consumers: whole shards, or every n-th sample."""
         if len(self.shards) >= consumers:
             for url, count in self.shards[consumer::consumers]:
@@ -95,20 +106,20 @@ class TrainStream(ShardStream):
         # samples per epoch on this rank; the DataLoader divides by batch_size
         return self.batches_per_epoch * self.batch_size
 
-    def _samples(self, consumer: int, consumers: int, rng: random.Random) -> Iterator[dict]:
+    def _samples(self, consumer: int, consumers: int, rng: random.Random, epoch: int) -> Iterator[dict]:
         workers, worker = _worker()
         # each worker batches its own samples, so quotas are dealt in whole batches
         batches = self.batches_per_epoch // workers + (1 if worker < self.batches_per_epoch % workers else 0)
         if batches <= 0:
             return
-        yield from _islice(self._endless(consumer, consumers, rng), batches * self.batch_size)
+        yield from _islice(self._endless(consumer, consumers, rng, epoch), batches * self.batch_size)
 
-    def _endless(self, consumer: int, consumers: int, rng: random.Random) -> Iterator[dict]:
+    def _endless(self, consumer: int, consumers: int, rng: random.Random, epoch: int) -> Iterator[dict]:
         """Passes over this consumer's shards; the shuffle buffer is flushed at the end of each pass
         so an epoch that is one pass yields each of its samples once."""
         for repeat in itertools.count():
             order = list(self.shards)
-            random.Random(hash((self.seed, self.epoch, repeat)) & 0xFFFFFFFF).shuffle(order)
+            random.Random(hash((self.seed, epoch, repeat)) & 0xFFFFFFFF).shuffle(order)
             # consumers share one order per epoch (same seed) so together they cover every shard;
             # with fewer shards than consumers every consumer reads all shards
             mine = order[consumer::consumers] if len(order) >= consumers else order
@@ -174,14 +185,20 @@ class SegDataModule(pl.LightningDataModule):
         val_split: str = "val",
         test_split: str = "val",
         pin_memory: bool = True,
+        persistent_workers: bool = False,
+        prefetch_factor: int | None = None,
         convert_hint: str = "",
     ):
+        """Loader knobs: `pin_memory` page-locks batches for faster host-to-GPU copies (used only
+        when CUDA is there); `persistent_workers` keeps worker processes between epochs (the
+        per-epoch reshuffle still happens: each worker counts its epochs); `prefetch_factor`
+        batches each worker keeps ready (None: torch's default, 2). Both apply with num_workers > 0."""
         super().__init__()
         self.shard_dir, self.train_transform, self.eval_transform = shard_dir, train_transform, eval_transform
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
-        self.pin_memory = pin_memory
+        self.pin_memory, self.persistent_workers, self.prefetch_factor = pin_memory, persistent_workers, prefetch_factor
         self.manifest = read_manifest(shard_dir, convert_hint)
         self.num_classes = len(self.manifest["classes"])
         self._train: ShardStream | None = None
@@ -227,9 +244,9 @@ class SegDataModule(pl.LightningDataModule):
         return self.eval_dataloader(self.test_split)
 
     def _loader(self, stream: ShardStream, batch_size: int) -> DataLoader:
+        workers = {"persistent_workers": self.persistent_workers, "prefetch_factor": self.prefetch_factor} \
+            if self.num_workers > 0 else {}  # torch refuses both without worker processes
         return DataLoader(
             stream, batch_size=batch_size, num_workers=self.num_workers, collate_fn=pad_collate,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            # workers must restart each epoch to see the new shuffle epoch
-            persistent_workers=False,
+            pin_memory=self.pin_memory and torch.cuda.is_available(), **workers,
         )
