@@ -16,6 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from segframe.data.remote import is_remote, locate, refuse_write
 from segframe.data.shards import MANIFEST, ManifestError, read_manifest, split_info, verify, write_dataset
 from segframe.paths import CONF_DIR
 
@@ -81,6 +82,7 @@ def convert(cfg: DictConfig, run_dir: Path | None = None) -> int:
         return 1 if problems else 0
     if cfg.browse:
         return _browse(cfg, run_dir or Path.cwd())
+    refuse_write(data.shard_dir)  # remote locations are read, never converted into
     source = instantiate(data.source)
     if (Path(data.shard_dir) / MANIFEST).is_file() and not cfg.overwrite:
         try:
@@ -155,18 +157,21 @@ def check_source_options(data: DictConfig, manifest: dict[str, Any]) -> None:
               and json.dumps(recorded[k], sort_keys=True) != json.dumps(wanted[k], sort_keys=True)}
     if differ:
         detail = ", ".join(f"{k}={was!r} (config: {now!r})" for k, (was, now) in differ.items())
-        raise ConfigError(f"{Path(data.shard_dir) / MANIFEST} was converted with {detail}; reconvert with "
-                          f"`{convert_command(data)} overwrite=true`, or set data.shard_dir to another folder")
+        fix = ("set those data.source options to the recorded values, or point data.shard_dir at a dataset converted "
+               "with yours (convert locally, then upload)" if is_remote(data.shard_dir) else
+               f"reconvert with `{convert_command(data)} overwrite=true`, or set data.shard_dir to another folder")
+        raise ConfigError(f"{locate(data.shard_dir, MANIFEST)} was converted with {detail}; {fix}")
 
 
 def ensure_converted(data: DictConfig) -> dict[str, Any]:
-    """The manifest of `data`; the embedded dataset is converted on first use, others must be."""
+    """The manifest of `data`; the embedded dataset is converted on first use, others must be.
+    Only into a local directory: a remote location (URL, pipe:) is never converted into."""
     try:
         manifest = read_manifest(data.shard_dir, convert_command(data))
         check_source_options(data, manifest)
         return manifest
     except ManifestError:
-        if not data.get("auto_convert", False):
+        if not data.get("auto_convert", False) or is_remote(data.shard_dir):
             raise
     log.info("converting %s into %s (first use)", data.name, data.shard_dir)
     return convert_dataset(data)
@@ -181,7 +186,7 @@ def _datamodule(data: DictConfig, dm_cfg: DictConfig, train_transform: Any, eval
                      convert_hint=convert_command(data), **overrides)
     if dm.num_classes != int(data.num_classes):
         raise ConfigError(
-            f"{Path(data.shard_dir) / MANIFEST} has {dm.num_classes} classes {dm.classes} but data.num_classes="
+            f"{locate(data.shard_dir, MANIFEST)} has {dm.num_classes} classes {dm.classes} but data.num_classes="
             f"{data.num_classes} in the config; reconvert with `{convert_command(data)} overwrite=true` or fix the config"
         )
     return dm

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import pytorch_lightning as pl
@@ -36,16 +36,21 @@ class ShardStream(IterableDataset):
 
     def __init__(
         self,
-        shards: list[tuple[str, int]],
+        shards: list[tuple],
         transform: Transform | None,
         num_classes: int,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        verify_checksums: bool = False,
     ):
+        """`shards`: (location, sample count) or (location, sample count, bytes, sha256) per shard;
+        a shard's size is checked when known, its sha256 only with `verify_checksums`."""
         if not shards:
             raise ValueError("ShardStream needs at least one shard")
-        self.shards, self.transform, self.num_classes = shards, transform, num_classes
+        self.checks = {s[0]: (s[2], s[3] if verify_checksums else None) for s in shards if len(s) >= 4}
+        self.shards = [(s[0], int(s[1])) for s in shards]
+        self.transform, self.num_classes = transform, num_classes
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0  # set from the main process before each epoch's workers start
         self._passes = 0  # iterations of this copy inside one worker process
@@ -83,23 +88,28 @@ class ShardStream(IterableDataset):
         """Each sample exactly once over all consumers: whole shards, or every n-th sample."""
         if len(self.shards) >= consumers:
             for url, count in self.shards[consumer::consumers]:
-                yield from iter_shard(url, count)
+                yield from self._read(url, count)
         else:
             index = 0
             for url, count in self.shards:
-                for sample in iter_shard(url, count):
+                for sample in self._read(url, count):
                     if index % consumers == consumer:
                         yield sample
                     index += 1
+
+    def _read(self, url: str, count: int) -> Iterable[dict]:
+        """One shard's raw samples, checked against the manifest once read to its end."""
+        nbytes, sha256 = self.checks.get(url, (None, None))
+        return iter_shard(url, count, nbytes=nbytes, sha256=sha256)
 
 
 class TrainStream(ShardStream):
     """Endless shuffled stream cut to exactly `batches_per_epoch` whole batches per rank."""
 
-    def __init__(self, shards: list[tuple[str, int]], transform: Transform | None, num_classes: int,
+    def __init__(self, shards: list[tuple], transform: Transform | None, num_classes: int,
                  batches_per_epoch: int, batch_size: int, shuffle_buffer: int = 0, seed: int = 0, rank: int = 0,
-                 world_size: int = 1):
-        super().__init__(shards, transform, num_classes, seed, rank, world_size)
+                 world_size: int = 1, verify_checksums: bool = False):
+        super().__init__(shards, transform, num_classes, seed, rank, world_size, verify_checksums)
         self.batches_per_epoch, self.batch_size, self.shuffle_buffer = batches_per_epoch, batch_size, shuffle_buffer
 
     def __len__(self) -> int:
@@ -123,7 +133,7 @@ class TrainStream(ShardStream):
             # consumers share one order per epoch (same seed) so together they cover every shard;
             # with fewer shards than consumers every consumer reads all shards
             mine = order[consumer::consumers] if len(order) >= consumers else order
-            one_pass = (sample for url, count in mine for sample in iter_shard(url, count))
+            one_pass = (sample for url, count in mine for sample in self._read(url, count))
             yield from _shuffled(one_pass, self.shuffle_buffer, rng)
 
 
@@ -188,8 +198,11 @@ class SegDataModule(pl.LightningDataModule):
         persistent_workers: bool = False,
         prefetch_factor: int | None = None,
         convert_hint: str = "",
+        verify_checksums: bool = False,
     ):
-        """Loader knobs: `pin_memory` page-locks batches for faster host-to-GPU copies (used only
+        """`shard_dir`: a local directory, an http(s):// URL or a pipe: command (see data/remote.py).
+        `verify_checksums`: hash every shard while reading it and compare with the manifest's sha256.
+        Loader knobs: `pin_memory` page-locks batches for faster host-to-GPU copies (used only
         when CUDA is there); `persistent_workers` keeps worker processes between epochs (the
         per-epoch reshuffle still happens: each worker counts its epochs); `prefetch_factor`
         batches each worker keeps ready (None: torch's default, 2). Both apply with num_workers > 0."""
@@ -199,6 +212,7 @@ class SegDataModule(pl.LightningDataModule):
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.pin_memory, self.persistent_workers, self.prefetch_factor = pin_memory, persistent_workers, prefetch_factor
+        self.verify_checksums = verify_checksums
         self.manifest = read_manifest(shard_dir, convert_hint)
         self.num_classes = len(self.manifest["classes"])
         self._train: ShardStream | None = None
@@ -225,16 +239,16 @@ class SegDataModule(pl.LightningDataModule):
         # one pass over the data per epoch, in whole batches, the same count on every rank
         batches = max(1, info["num_samples"] // (self.batch_size * world))
         self._train = TrainStream(
-            shard_urls(self.manifest, self.train_split, self.shard_dir), self.train_transform, self.num_classes,
-            batches_per_epoch=batches, batch_size=self.batch_size, shuffle_buffer=self.shuffle_buffer,
-            seed=self.seed, rank=rank, world_size=world,
+            shard_urls(self.manifest, self.train_split, self.shard_dir, checksums=True), self.train_transform,
+            self.num_classes, batches_per_epoch=batches, batch_size=self.batch_size, shuffle_buffer=self.shuffle_buffer,
+            seed=self.seed, rank=rank, world_size=world, verify_checksums=self.verify_checksums,
         )
         return self._loader(self._train, self.batch_size)
 
     def eval_dataloader(self, split: str) -> DataLoader:
         rank, world = self._rank_world()
-        stream = ShardStream(shard_urls(self.manifest, split, self.shard_dir), self.eval_transform,
-                             self.num_classes, rank=rank, world_size=world)
+        stream = ShardStream(shard_urls(self.manifest, split, self.shard_dir, checksums=True), self.eval_transform,
+                             self.num_classes, rank=rank, world_size=world, verify_checksums=self.verify_checksums)
         return self._loader(stream, self.eval_batch_size)
 
     def val_dataloader(self) -> DataLoader:

@@ -3,6 +3,7 @@
 Layout of a converted dataset directory:
   <shard_dir>/manifest.json
   <shard_dir>/<split>-000000.tar ...
+Readers also take an http(s):// URL or a pipe: command for <shard_dir> (see data/remote.py).
 
 A conversion writes into a hidden sibling directory and swaps it into place only once
 every shard and the manifest are complete, so an interrupted run never leaves a
@@ -17,7 +18,9 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import re
 import sys
+import tarfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -26,8 +29,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 from webdataset import TarWriter
-from webdataset.tariterators import tarfile_samples
+from webdataset.tariterators import base_plus_ext
 
+from segframe.data.remote import (LocationError, RemoteError, check_name, is_remote, locate, open_stream, read_bytes,
+                                  refuse_write)
 from segframe.data.sample import IGNORE_INDEX, SampleError, decode_sample, encode_sample
 from segframe.data.sources import Source
 
@@ -36,6 +41,9 @@ log = logging.getLogger("segframe")
 MANIFEST = "manifest.json"
 FORMAT = "segframe-shards"
 FORMAT_VERSION = 1
+
+
+_META = re.compile(r"__[^/]*__($|/)")  # WebDataset's metadata entries (e.g. __index__), never samples
 
 
 class ManifestError(RuntimeError):
@@ -136,6 +144,7 @@ def write_dataset(
     num_classes = len(classes)
     if len(palette) < num_classes:
         raise ValueError(f"palette has {len(palette)} colours for {num_classes} classes")
+    refuse_write(shard_dir)  # converting writes local files only
     started = time.time()
     items = source.splits()  # a missing or empty dataset fails here, before anything is written
     for split, split_items in items.items():
@@ -335,88 +344,245 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 # --------------------------------------------------------------------------- reading
+# `shard_dir` is a location (segframe.data.remote): a local directory, an http(s):// URL or a
+# `pipe:` command; the manifest is fetched the same way as the shards.
 
 
 def read_manifest(shard_dir: str | os.PathLike, convert_hint: str = "") -> dict[str, Any]:
     """Load and check `<shard_dir>/manifest.json`; refuse formats this version does not understand."""
-    path = Path(shard_dir) / MANIFEST
     hint = convert_hint or "python -m segframe.convert data=<name>"
-    if not path.is_file():
-        raise ManifestError(f"no converted dataset at {shard_dir} ({MANIFEST} is missing). Convert it first: {hint}")
+    path = locate(shard_dir, MANIFEST)
+    if is_remote(shard_dir):
+        try:
+            text = read_bytes(path)
+        except RemoteError as exc:
+            raise ManifestError(
+                f"cannot read the dataset manifest {path} (data.shard_dir={shard_dir}): {exc}. Check data.shard_dir "
+                "(the place the converted directory, manifest.json and its .tar files, was uploaded to), that the "
+                "server is reachable or, for pipe:, that the command works in a shell. Remote locations are never "
+                f"converted into: convert into a local directory (`{hint} data.shard_dir=DIR`) and upload DIR"
+            ) from exc
+        fix = f"upload it again from a good conversion ({hint} overwrite=true)"
+    else:
+        if not Path(path).is_file():
+            raise ManifestError(
+                f"no converted dataset at {shard_dir} ({MANIFEST} is missing). Convert it first: {hint}")
+        text = Path(path).read_bytes()
+        fix = f"reconvert: {hint} overwrite=true"
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(text)
+        if not isinstance(manifest, dict):
+            raise ValueError(f"a JSON {type(manifest).__name__}, not an object")
     except ValueError as exc:
-        raise ManifestError(f"{path} is not valid JSON ({exc}); reconvert: {hint} overwrite=true") from exc
+        raise ManifestError(f"{path} is not a valid manifest ({exc}); {fix}") from exc
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise ManifestError(
             f"{path}: format {manifest.get('format')!r} version {manifest.get('format_version')!r} is not "
-            f"understood by this segframe (expects {FORMAT!r} version {FORMAT_VERSION}); reconvert: {hint} overwrite=true"
+            f"understood by this segframe (expects {FORMAT!r} version {FORMAT_VERSION}); {fix}"
         )
     for key in ("classes", "palette", "ignore_index", "splits"):
         if key not in manifest:
-            raise ManifestError(f"{path}: key {key!r} is missing; reconvert: {hint} overwrite=true")
+            raise ManifestError(f"{path}: key {key!r} is missing; {fix}")
+    for split, info in manifest["splits"].items():
+        for shard in info.get("shards", []):
+            try:
+                check_name(shard.get("name"))  # names become parts of URLs and shell commands
+            except LocationError as exc:
+                raise ManifestError(f"{path}: split {split!r} lists shard {exc}; {fix}") from None
     return manifest
 
 
 def split_info(manifest: dict[str, Any], split: str, shard_dir: str | os.PathLike) -> dict[str, Any]:
     if split not in manifest["splits"]:
         raise ManifestError(
-            f"{Path(shard_dir) / MANIFEST}: dataset {manifest.get('name')!r} has no split {split!r} "
+            f"{locate(shard_dir, MANIFEST)}: dataset {manifest.get('name')!r} has no split {split!r} "
             f"(it has {sorted(manifest['splits'])})"
         )
     return manifest["splits"][split]
 
 
-def shard_urls(manifest: dict[str, Any], split: str, shard_dir: str | os.PathLike) -> list[tuple[str, int]]:
-    """(location, sample count) of each shard of one split, in manifest order."""
-    return [(str(Path(shard_dir) / s["name"]), int(s["num_samples"]))
-            for s in split_info(manifest, split, shard_dir)["shards"]]
+def shard_urls(manifest: dict[str, Any], split: str, shard_dir: str | os.PathLike,
+               checksums: bool = False) -> list[tuple[Any, ...]]:
+    """(location, sample count) of each shard of one split, in manifest order; with `checksums`,
+    (location, sample count, bytes, sha256). A location is a path, a URL or a pipe: command."""
+    shards = split_info(manifest, split, shard_dir)["shards"]
+    if checksums:
+        return [(locate(shard_dir, s["name"]), int(s["num_samples"]), s.get("bytes"), s.get("sha256")) for s in shards]
+    return [(locate(shard_dir, s["name"]), int(s["num_samples"])) for s in shards]
 
 
-def iter_shard(url: str, expected: int | None = None) -> Iterable[dict[str, Any]]:
-    """Raw samples (dicts of bytes) of one shard. A corrupt tar, or one holding fewer samples
-    than the manifest says (a truncated file ends early without a tar error), names the shard."""
-    advice = "run `python -m segframe.convert data=<name> verify=true`, then reconvert with overwrite=true"
-    count = 0
-    try:
-        for sample in tarfile_samples([{"url": url}]):
-            count += 1
-            yield sample
-    except Exception as exc:  # tarfile.ReadError, EOFError, OSError...
-        raise SampleError(f"shard {url} is unreadable after {count} samples ({type(exc).__name__}: {exc}); {advice}") from exc
+class _Tally:
+    """A shard's bytes as the tar reader pulls them: counted, hashed on request, and the
+    transport failure remembered so that it is reported as itself (an HTTP status, a command's
+    exit status and stderr) rather than as the tar error it causes downstream."""
+
+    def __init__(self, url: str, hashed: bool):
+        self.nbytes, self.failure = 0, None
+        self.sha = hashlib.sha256() if hashed else None
+        self.stream = open_stream(url)
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            data = self.stream.read(n)
+        except Exception as exc:
+            self.failure = exc
+            raise
+        self.nbytes += len(data)
+        if self.sha is not None:
+            self.sha.update(data)
+        return data
+
+    def drain(self) -> None:
+        """Read past the tar's end-of-archive padding to the end of the file (for the size, the
+        hash, and a pipe's exit status)."""
+        while self.read(1 << 20):
+            pass
+
+    def close(self) -> None:
+        try:
+            self.stream.close()
+        except Exception:  # noqa: BLE001 (closing an abandoned download: nothing to report)
+            pass
+
+
+def _tar_samples(url: str, stream: Any) -> Iterable[dict[str, Any]]:
+    """Raw samples (dicts of bytes: `__key__`, `__url__`, one entry per extension) of one opened
+    tar stream, grouped as WebDataset groups them. Not WebDataset's own iterators: they append
+    their arguments to every exception's message, and its http opener is a curl pipe whose exit
+    status nobody checks."""
+    current: dict[str, Any] | None = None
+    with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        for info in tar:
+            name = info.name
+            if not info.isreg() or _META.match(name):
+                continue
+            data = tar.extractfile(info).read()  # type: ignore[union-attr]
+            tar.members = []  # a stream of any length in constant memory
+            key, ext = base_plus_ext(name)
+            if key is None:
+                continue
+            ext = ext.lower()
+            if current is None or key != current["__key__"]:
+                if current is not None:
+                    yield current
+                current = {"__key__": key, "__url__": url}
+            if ext in current:
+                raise ValueError(f"{name}: two files for key {key!r} with extension {ext!r}")
+            current[ext] = data
+    if current is not None:
+        yield current
+
+
+def _repair_advice(url: str) -> str:
+    if is_remote(url):
+        return ("the copy there is damaged or incomplete: upload the shard again from the converted directory (or "
+                "reconvert and upload it); `python -m segframe.convert data=<name> data.shard_dir=<location> "
+                "verify=true` checks every shard there")
+    return "run `python -m segframe.convert data=<name> verify=true`, then reconvert with overwrite=true"
+
+
+def _fetch_advice() -> str:
+    return ("check data.shard_dir, that the server is reachable (for a pipe: location, run the command in a "
+            "shell), and that every file listed in the manifest.json there was uploaded")
+
+
+def _unreadable(url: str, count: int, cause: BaseException) -> str:
+    after = f" after {count} samples" if count else ""
+    if isinstance(cause, RemoteError):
+        return f"cannot read shard {url}{after}: {cause}; {_fetch_advice()}"
+    if isinstance(cause, FileNotFoundError) and not count:
+        return f"shard {url} is missing; {_repair_advice(url)}"
+    return f"shard {url} is unreadable after {count} samples ({type(cause).__name__}: {cause}); {_repair_advice(url)}"
+
+
+def _mismatch(tally: _Tally, count: int, expected: int | None, nbytes: int | None, sha256: str | None) -> str:
+    """How a shard read to its end differs from its manifest entry ('' when it does not)."""
     if expected is not None and count != expected:
-        raise SampleError(f"shard {url} holds {count} samples but the manifest says {expected} (truncated?); {advice}")
+        return f"holds {count} samples but the manifest says {expected} (truncated?)"
+    if nbytes is not None and tally.nbytes != nbytes:
+        return f"has {tally.nbytes} bytes but the manifest says {nbytes} (truncated or changed since conversion)"
+    if sha256 is not None and tally.sha is not None and tally.sha.hexdigest() != sha256:
+        return (f"has sha256 {tally.sha.hexdigest()} but the manifest says {sha256} "
+                "(corrupt, or changed since conversion)")
+    return ""
+
+
+def iter_shard(url: str, expected: int | None = None, nbytes: int | None = None,
+               sha256: str | None = None) -> Iterable[dict[str, Any]]:
+    """Raw samples (dicts of bytes) of one shard at `url` (a path, an http(s) URL or a pipe: command).
+    Once the shard is read to its end, its sample count (`expected`), size (`nbytes`) and sha256
+    (hashed while streaming, when `sha256` is given) must match the manifest. A failed download,
+    a corrupt tar, or a mismatch raises SampleError naming the shard."""
+    count = 0
+    tally: _Tally | None = None
+    last = None  # held back until the shard is checked: a cut-off tar ends in a partial sample
+    try:
+        tally = _Tally(url, sha256 is not None)
+        for sample in _tar_samples(url, tally):
+            if last is not None:
+                yield last
+            count, last = count + 1, sample
+        tally.drain()
+    except Exception as exc:  # RemoteError, tarfile.ReadError, EOFError, OSError...
+        cause = tally.failure if tally is not None and tally.failure is not None else exc
+        raise SampleError(_unreadable(url, max(count - 1, 0), cause)) from cause
+    finally:
+        if tally is not None:
+            tally.close()
+    problem = _mismatch(tally, count, expected, nbytes, sha256)
+    if problem:
+        raise SampleError(f"shard {url} {problem}; {_repair_advice(url)}")
+    if last is not None:
+        yield last
 
 
 def verify(shard_dir: str | os.PathLike) -> list[str]:
-    """Recompute every checksum and decode every sample; one line per problem, by shard and key."""
+    """Recompute every checksum and decode every sample; one line per problem, by shard and key.
+    Remote locations are streamed (each shard read once, hashed while reading)."""
     manifest = read_manifest(shard_dir)
     problems: list[str] = []
     num_classes = len(manifest["classes"])
     for split, info in manifest["splits"].items():
         total = 0
         for shard in tqdm(info["shards"], desc=f"verify {split}", unit="shard"):
-            path = Path(shard_dir) / shard["name"]
-            if not path.is_file():
-                problems.append(f"{shard['name']}: missing")
-                continue
-            size = path.stat().st_size
-            if size != shard["bytes"]:
-                problems.append(f"{shard['name']}: {size} bytes, manifest says {shard['bytes']}")
-            if sha256_file(path) != shard["sha256"]:
-                problems.append(f"{shard['name']}: sha256 differs from the manifest (file changed or corrupt)")
-            count = 0
+            name, url = shard["name"], locate(shard_dir, shard["name"])
             try:
-                for sample in tarfile_samples([{"url": str(path)}]):
+                tally = _Tally(url, hashed=True)
+            except FileNotFoundError:
+                problems.append(f"{name}: missing")
+                continue
+            except RemoteError as exc:
+                problems.append(f"{name}: cannot read {url}: {exc}")
+                continue
+            count, complete = 0, False
+            try:
+                for sample in _tar_samples(url, tally):
                     count += 1
                     try:
                         decode_sample(sample, num_classes)
                     except SampleError as exc:
-                        problems.append(f"{shard['name']} key {sample.get('__key__')}: {exc}")
+                        problems.append(f"{name} key {sample.get('__key__')}: {exc}")
+                tally.drain()
+                complete = True
             except Exception as exc:
-                problems.append(f"{shard['name']}: unreadable after {count} samples ({type(exc).__name__}: {exc})")
+                if tally.failure is not None:
+                    problems.append(f"{name}: cannot read {url} after {count} samples: {tally.failure}")
+                else:
+                    problems.append(f"{name}: unreadable after {count} samples ({type(exc).__name__}: {exc})")
+                    try:
+                        tally.drain()  # the size and checksum of what is there still tell what is wrong
+                        complete = True
+                    except Exception:  # noqa: BLE001 (already reported)
+                        pass
+            finally:
+                tally.close()
+            if complete:
+                if tally.nbytes != shard["bytes"]:
+                    problems.append(f"{name}: {tally.nbytes} bytes, manifest says {shard['bytes']}")
+                if tally.sha.hexdigest() != shard["sha256"]:  # type: ignore[union-attr]
+                    problems.append(f"{name}: sha256 differs from the manifest (file changed or corrupt)")
             if count != shard["num_samples"]:
-                problems.append(f"{shard['name']}: {count} samples, manifest says {shard['num_samples']}")
+                problems.append(f"{name}: {count} samples, manifest says {shard['num_samples']}")
             total += count
         if total != info["num_samples"]:
             problems.append(f"split {split}: {total} samples, manifest says {info['num_samples']}")
