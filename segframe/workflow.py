@@ -6,6 +6,7 @@ built from its own config node (`_target_` + plain arguments).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -17,7 +18,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from segframe.data.remote import is_remote, locate, refuse_write
-from segframe.data.shards import MANIFEST, ManifestError, read_manifest, split_info, verify, write_dataset
+from segframe.data.shards import (MANIFEST, ConversionInProgress, ManifestError, read_manifest, split_info, verify,
+                                  wait_for_conversion, write_dataset)
 from segframe.paths import CONF_DIR
 
 log = logging.getLogger("segframe")
@@ -173,8 +175,17 @@ def ensure_converted(data: DictConfig) -> dict[str, Any]:
     except ManifestError:
         if not data.get("auto_convert", False) or is_remote(data.shard_dir):
             raise
-    log.info("converting %s into %s (first use)", data.name, data.shard_dir)
-    return convert_dataset(data)
+    while True:
+        # several processes may start on it at once (DDP ranks under torchrun/srun, joblib sweep
+        # jobs): one converts, the others wait for its lock and read the manifest it wrote
+        if wait_for_conversion(data.shard_dir):
+            with contextlib.suppress(ManifestError):
+                manifest = read_manifest(data.shard_dir, convert_command(data))
+                check_source_options(data, manifest)
+                return manifest
+        log.info("converting %s into %s (first use)", data.name, data.shard_dir)
+        with contextlib.suppress(ConversionInProgress):  # another process got the lock first: wait for it
+            return convert_dataset(data)
 
 
 # --------------------------------------------------------------------------- train

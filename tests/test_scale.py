@@ -153,3 +153,33 @@ def test_persistent_workers_reshuffle_every_epoch_like_fresh_workers(tiny_shapes
     fresh, persistent = epochs(False), epochs(True)
     assert persistent == fresh
     assert fresh[0] != fresh[1] != fresh[2]
+
+
+def test_auto_convert_waits_for_a_conversion_already_running(tmp_path):
+    """DDP ranks started by torchrun/srun (or parallel sweep jobs) on an unconverted dataset:
+    one converts, the others wait for it and read its manifest instead of failing or converting twice."""
+    import shutil
+    import threading
+    import time
+
+    from segframe.data.shards import _ConversionLock, write_dataset
+    from segframe.data.sources.shapes import CLASSES, PALETTE, ShapesSource
+    from segframe.workflow import ensure_converted
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"paths.data_dir={tmp_path}", "data.source.num_train=8",
+                                                      "data.source.num_val=4", "data.source.size=32"])
+    out = Path(cfg.data.shard_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result: list = []
+    with _ConversionLock(out):  # "another process" is converting
+        waiter = threading.Thread(target=lambda: result.append(ensure_converted(cfg.data)))
+        waiter.start()
+        time.sleep(2.0)
+        assert waiter.is_alive() and not out.exists()  # waiting, not converting
+        write_dataset(ShapesSource(num_train=8, num_val=4, size=32), tmp_path / "elsewhere", "shapes", CLASSES, PALETTE)
+        shutil.move(tmp_path / "elsewhere", out)
+        (out / "marker").write_text("converted by the lock holder")
+    waiter.join(timeout=30)
+    assert result and result[0]["splits"]["train"]["num_samples"] == 8
+    assert (out / "marker").is_file()  # the waiter read that conversion, it did not convert again

@@ -312,6 +312,24 @@ class _ConversionLock:
         self._file.close()  # closing releases the lock; the (empty) file stays, so the lock stays one inode
 
 
+def wait_for_conversion(shard_dir: str | os.PathLike, poll: float = 1.0) -> bool:
+    """Block while another process converts into `shard_dir` (holds its lock); True if it waited.
+    Several processes started at once on an unconverted dataset (torchrun/srun ranks, parallel
+    sweep jobs) then convert it once: the first converts, the others wait and read its manifest."""
+    out, waited = Path(shard_dir), False
+    if not out.parent.is_dir():
+        return False
+    while True:
+        try:
+            with _ConversionLock(out):
+                return waited
+        except ConversionInProgress:
+            if not waited:
+                log.info("another process is converting into %s; waiting for it", out)
+            waited = True
+            time.sleep(poll)
+
+
 def _remove_stale(out: Path) -> None:
     """Leftovers of an interrupted conversion are deleted, never read. Only exactly
     `.NAME.partial-PID` / `.NAME.old-PID`: never another dataset's `.NAME.v2.partial-PID`."""
