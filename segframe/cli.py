@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 T = TypeVar("T")
 
@@ -27,23 +27,35 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def run(job: Callable[[], T]) -> T:
     """Run `job`; on a user error print its message and exit 1 (SEGFRAME_TRACEBACK=1 shows the traceback).
-    Inside a multirun sweep a failed run is logged with its traceback and the sweep goes on."""
+    Inside a multirun sweep a failed run is logged with its traceback and the sweep goes on; a refused
+    process layout (segframe.sweep.LaunchError) ends the sweep before anything trains."""
     try:
         return job()
     except Exception as exc:
-        if _multirun() and not os.environ.get("SEGFRAME_TRACEBACK"):
+        from segframe.sweep import LaunchError
+
+        if _multirun() and not isinstance(exc, LaunchError) and not os.environ.get("SEGFRAME_TRACEBACK"):
             # one failed run must not end an overnight sweep: log it, and the sweep summary
             # lists the run as failed (it wrote no metrics.json)
             log.exception("run failed: %s", exc)
+            if not _basic_sweeper():
+                # optimisation sweepers (Optuna) record a raised run as a failed trial and go on
+                # (hydra.sweeper.max_failure_rate); a returned nan would crash hydra-optuna-sweeper
+                raise
             return float("nan")  # type: ignore[return-value]
         if not isinstance(exc, _user_errors()) or os.environ.get("SEGFRAME_TRACEBACK"):
             raise
         message = str(exc)
         if exc.__cause__ is not None and str(exc.__cause__) not in message:
             message += f"\ncaused by: {exc.__cause__}"
-        _log_to_files(f"{type(exc).__name__}: {message}")
-        print(f"\nerror: {message}\n(set SEGFRAME_TRACEBACK=1 for the full traceback)", file=sys.stderr)
-        sys.exit(1)
+        fail(message, f"{type(exc).__name__}: {message}")
+
+
+def fail(message: str, logged: str | None = None) -> NoReturn:
+    """Print a user error as one paragraph (and record it in the run's log file); exit 1."""
+    _log_to_files(logged or message)
+    print(f"\nerror: {message}\n(set SEGFRAME_TRACEBACK=1 for the full traceback)", file=sys.stderr)
+    sys.exit(1)
 
 
 def _log_to_files(message: str) -> None:
@@ -59,3 +71,9 @@ def _multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _basic_sweeper() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return str(HydraConfig.get().sweeper.get("_target_", "")).endswith(".BasicSweeper")
