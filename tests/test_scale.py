@@ -183,3 +183,24 @@ def test_auto_convert_waits_for_a_conversion_already_running(tmp_path):
     waiter.join(timeout=30)
     assert result and result[0]["splits"]["train"]["num_samples"] == 8
     assert (out / "marker").is_file()  # the waiter read that conversion, it did not convert again
+
+
+def test_torchrun_launch_as_documented_with_unconverted_data(tmp_path):
+    """The README's torchrun line on one node: torchrun starts both processes (Lightning starts
+    none), both find the dataset unconverted at once, one converts it, and training runs under DDP."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    args = [a for a in DDP if not a.startswith("datamodule.num_workers")] + ["datamodule.num_workers=0"]
+    res = subprocess.run([*torchrun, "-m", "segframe.train", *args, "trainer.max_epochs=1",
+                          f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"],
+                         cwd=REPO, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}, capture_output=True, text=True,
+                         timeout=300)
+    _ok(res)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and sum(map(sum, metrics["confusion_matrix"])) == 7 * 40 * 40
+    assert [p.name for p in (tmp_path / "data").iterdir() if not p.name.startswith(".")] == ["shapes"]
