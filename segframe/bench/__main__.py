@@ -49,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--max-slowdown", type=float, default=3.0,
                    help="skip a knob whose small probe step is this many times slower than the baseline's (0: never)")
     g.add_argument("--peak-size", type=int, default=None, help="largest matmul for the peak (4096 CUDA, 2048 CPU)")
+    g.add_argument("--compile-cache", action="store_true",
+                   help="let torch.compile use inductor's on-disk cache (default: a fresh one, i.e. a cold compile)")
     g.add_argument("--gpu-figures", action=argparse.BooleanOptionalAction, default=None,
                    help="also FCN-8s VGG16 img/s at --gpu-size bf16 (default: on with CUDA)")
     g.add_argument("--gpu-size", type=int, default=512)
@@ -107,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     print("segframe bench: " + ", ".join(f"{k} {v}" for k, v in machine(args.device).items()), flush=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="segframe-bench-") as tmp:
+        if not args.compile_cache:  # read when inductor compiles: every run measures a cold compile
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor-cache")
         for part in PARTS:
             if part not in args.only:
                 continue

@@ -137,7 +137,8 @@ def knobs(args: argparse.Namespace, tmp: Path) -> str:
                        max_slowdown=args.max_slowdown, log=_progress)
     text = (f"FCN-{args.stride}s, batch {args.batch}, {args.size}x{args.size}, random init, SGD momentum; each knob "
             f"alone vs the baseline (fp32, NCHW, eager, cudnn.benchmark off); ms/step = median of the timed steps "
-            f"after {args.warmup} warm-up step(s); GFLOP/s = the baseline step's FlopCounterMode count / time\n"
+            f"after {args.warmup} warm-up step(s); GFLOP/s = the baseline step's FlopCounterMode count / time; "
+            f"compile = first step - median step, {'inductor cache as found' if args.compile_cache else 'cold cache'}\n"
             + report(rows, peaks))
     if args.gpu_figures or (args.gpu_figures is None and device.type == "cuda"):
         reason = skip_reason("bf16", device)
