@@ -48,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup", type=int, default=1, help="untimed steps first (compile gets one more)")
     g.add_argument("--max-slowdown", type=float, default=3.0,
                    help="skip a knob whose small probe step is this many times slower than the baseline's (0: never)")
-    g.add_argument("--peak-size", type=int, default=None, help="largest matmul for the peak (4096 CUDA, 2048 CPU)")
+    g.add_argument("--peak-size", type=int, default=None, help="largest matmul for the peak (8192 CUDA, 2048 CPU)")
     g.add_argument("--compile-cache", action="store_true",
                    help="let torch.compile use inductor's on-disk cache (default: a fresh one, i.e. a cold compile)")
     g.add_argument("--gpu-figures", action=argparse.BooleanOptionalAction, default=None,

@@ -125,7 +125,7 @@ def knobs(args: argparse.Namespace, tmp: Path) -> str:
     from segframe.bench.step import bench_knobs, make_batch, measure, report, skip_reason
 
     device, knob_names = args.device, _names(args.knobs)
-    peak_size = args.peak_size or (4096 if device.type == "cuda" else 2048)
+    peak_size = args.peak_size or (8192 if device.type == "cuda" else 2048)
     dtypes = {"fp32": torch.float32}
     for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
         if name in knob_names and skip_reason(name, device) is None:
