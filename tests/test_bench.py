@@ -13,6 +13,15 @@ from segframe.bench.evaluation import bench_eval
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny ops on a shared machine: one thread avoids waiting on a descheduled second one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_step_flops_positive_and_scale_with_pixels():
     flops = []
     for size in (64, 128):
@@ -111,7 +120,7 @@ def test_loader_memory_has_numbers_for_each_size(tmp_path):
     assert len(items) == 16
     rows = memory.loader_memory(shard_dir, items, base=4, factors=[1, 4], batch=2, workers=False, isolate=False)
     assert [(r.reader, r.samples) for r in rows] == [("shards", 4), ("files", 4), ("shards", 16), ("files", 16)]
-    assert all(r.rss_peak_mib >= r.rss_before_mib > 0 and not math.isnan(r.growth_mib) for r in rows)
+    assert all(r.rss_peak_mib >= r.rss_before_mib > 0 and not math.isnan(r.growth_mib) and r.data_mib > 0 for r in rows)
     assert "16x the samples" not in memory.report_loader(rows) and "4x the samples" in memory.report_loader(rows)
 
 

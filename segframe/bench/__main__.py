@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--budget", type=float, default=20.0, help="seconds of timed steps per figure (sets the count)")
     g.add_argument("--warmup", type=int, default=1, help="untimed steps first (compile gets one more)")
     g.add_argument("--max-slowdown", type=float, default=3.0,
-                   help="skip a knob whose small probe step is this many times slower than the baseline's (0: never)")
+                   help="skip an autocast knob whose small probe step is this many times the baseline's (0: never)")
     g.add_argument("--peak-size", type=int, default=None, help="largest matmul for the peak (8192 CUDA, 2048 CPU)")
     g.add_argument("--compile-cache", action="store_true",
                    help="let torch.compile use inductor's on-disk cache (default: a fresh one, i.e. a cold compile)")

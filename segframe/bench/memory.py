@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,7 @@ class LoaderMemoryRow:
     rss_peak_mib: float  # highest RSS sampled during the pass (num_workers=0)
     worker_before_mib: float = math.nan  # the worker's RSS at its first batch (num_workers=1)
     worker_peak_mib: float = math.nan
+    data_mib: float = math.nan  # bytes on disk of what was read (shards, or image + mask files)
 
     @property
     def growth_mib(self) -> float:
@@ -92,6 +94,8 @@ def loader_pass(reader: str, source: list, batch: int = 16, workers: bool = True
             peak = max(peak, rss() or 0)
     peak = max(peak, rss() or 0)
     row = LoaderMemoryRow(reader, samples, time.perf_counter() - start, mib(before), mib(peak))
+    paths = [url for url, _ in source] if reader == "shards" else [p for _, image, mask in source for p in (image, mask)]
+    row.data_mib = mib(sum(os.path.getsize(p) for p in paths))
     if workers:
         it = iter(loader(1))
         pids = [w.pid for w in getattr(it, "_workers", [])]  # DataLoader's worker processes
@@ -164,9 +168,9 @@ def report_train(rows: list[TrainMemoryRow]) -> str:
 def report_loader(rows: list[LoaderMemoryRow]) -> str:
     from segframe.bench.common import fmt, table
 
-    lines = [table(["reader", "samples", "pass s", "RSS before MiB", "RSS peak MiB", "growth MiB",
+    lines = [table(["reader", "samples", "data MiB", "pass s", "RSS before MiB", "RSS peak MiB", "growth MiB",
                     "worker RSS first MiB", "worker peak MiB", "worker growth MiB"],
-                   [[r.reader, str(r.samples), r.seconds, r.rss_before_mib, r.rss_peak_mib, r.growth_mib,
+                   [[r.reader, str(r.samples), r.data_mib, r.seconds, r.rss_before_mib, r.rss_peak_mib, r.growth_mib,
                      r.worker_before_mib, r.worker_peak_mib, r.worker_growth_mib] for r in rows])]
     for reader in ("shards", "files"):
         mine = [r for r in rows if r.reader == reader]
@@ -175,5 +179,6 @@ def report_loader(rows: list[LoaderMemoryRow]) -> str:
             lines.append(f"{reader}: {big.samples / small.samples:.0f}x the samples -> peak RSS x"
                          f"{big.rss_peak_mib / small.rss_peak_mib:.3f} in-process, growth {fmt(small.growth_mib)} -> "
                          f"{fmt(big.growth_mib)} MiB; worker growth {fmt(small.worker_growth_mib)} -> "
-                         f"{fmt(big.worker_growth_mib)} MiB")
+                         f"{fmt(big.worker_growth_mib)} MiB, while the data read grew {fmt(small.data_mib)} -> "
+                         f"{fmt(big.data_mib)} MiB")
     return "\n".join(lines)
