@@ -38,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
     a("--models", default="vgg16,resnet18", help="FCN backbones for knobs, memory and eval")
     a("--stride", type=int, default=8, help="FCN-32s/16s/8s")
     a("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    g = p.add_argument_group("knobs (train step)")
+    g = p.add_argument_group("knobs (train step); --batch and --size also size the memory part's training steps")
     g.add_argument("--batch", type=int, default=8)
     g.add_argument("--size", type=int, default=320, help="square input size")
     g.add_argument("--knobs", default="channels_last,bf16,fp16,compile,cudnn_benchmark")
@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parse(argv)
     args.device = torch.device(args.device) if args.device else default_device()
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: torch {torch.__version__} sees no CUDA GPU here; use --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
     print("segframe bench: " + ", ".join(f"{k} {v}" for k, v in machine(args.device).items()), flush=True)
