@@ -1,0 +1,83 @@
+"""Evaluation cost: what SegModule's eval step adds to the forward pass for the metric, i.e.
+`logits.argmax(1)` and `ConfusionMatrix.update` (ignore mask, bincount over gt*C+pred), as a
+fraction of the forward pass on the same eval batch (inference mode, as Lightning validates)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from segframe.bench.common import median, sync
+
+
+@dataclass
+class EvalRow:
+    model: str
+    batch: int
+    height: int
+    width: int
+    forward_ms: float = math.nan
+    argmax_ms: float = math.nan
+    update_ms: float = math.nan
+    forward_reps: int = 0
+    metric_reps: int = 0
+
+    @property
+    def fraction(self) -> float:
+        """(argmax + confusion-matrix update) / forward."""
+        return (self.argmax_ms + self.update_ms) / self.forward_ms
+
+
+def _time(fn, device: torch.device, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return 1000 * median(times)
+
+
+def bench_eval(backbone: str, batch: int, height: int, width: int, device: torch.device, classes: int = 21,
+               stride: int = 8, forward_reps: int = 3, metric_reps: int = 20) -> EvalRow:
+    from segframe.bench.step import IGNORE
+    from segframe.metrics import ConfusionMatrix
+    from segframe.models.fcn import FCN
+
+    torch.manual_seed(0)
+    model = FCN(classes, stride, backbone, pretrained=False).to(device).eval()
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8, generator=g).to(device)
+    masks = torch.randint(0, classes, (batch, height, width), generator=g)
+    masks[torch.rand(masks.shape, generator=g) < 0.05] = IGNORE  # VOC's void borders: ~5% of pixels
+    masks = masks.to(device)
+    metric = ConfusionMatrix(classes).to(device)
+    row = EvalRow(backbone, batch, height, width, forward_reps=forward_reps, metric_reps=metric_reps)
+    with torch.inference_mode():
+        out: dict[str, torch.Tensor] = {}
+
+        def forward() -> None:
+            out["logits"] = model(images.float().div_(255.0))  # SegModule.forward
+
+        forward()  # warm-up
+        row.forward_ms = _time(forward, device, forward_reps)
+        logits = out["logits"]
+        preds = logits.argmax(1)
+        metric.update(preds, masks)
+        row.argmax_ms = _time(lambda: logits.argmax(1), device, metric_reps)
+        row.update_ms = _time(lambda: metric.update(preds, masks), device, metric_reps)
+    return row
+
+
+def report(rows: list[EvalRow]) -> str:
+    from segframe.bench.common import fmt, table
+
+    return table(["model", "batch", "HxW", "forward ms", "argmax ms", "confmat update ms", "metric / forward",
+                  "reps (fwd, metric)"],
+                 [[r.model, str(r.batch), f"{r.height}x{r.width}", r.forward_ms, fmt(r.argmax_ms, 2),
+                   fmt(r.update_ms, 2), f"{100 * r.fraction:.2f}%", f"{r.forward_reps}, {r.metric_reps}"]
+                  for r in rows])
