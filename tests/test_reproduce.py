@@ -136,6 +136,7 @@ def test_readme_results_table_is_generated_from_the_files():
                for p in EXPERIMENTS_DIR.glob("*.yaml"))
 
 
+@pytest.mark.slow  # a real VGG16 trained twice on the CPU (~70 s on 2 idle cores): CI runs it with the slow set
 def test_voc_aug_chain_runs_end_to_end_on_a_tiny_voc_tree(tmp_path):
     """The seed's VOC rows as commands: convert a tiny VOC + SBD tree, then reproduce FCN-16s,
     which trains the FCN-32s stage first (VGG16 without ImageNet weights: nothing to download)."""
