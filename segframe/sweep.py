@@ -209,4 +209,4 @@ def export_submitit_local_ranks() -> None:
         return
     job = int(env.get("SUBMITIT_LOCAL_JOB_ID") or 0)  # the job's controller pid, shared by its tasks
     env.update(LOCAL_RANK=env["SUBMITIT_LOCAL_LOCALID"], NODE_RANK="0", WORLD_SIZE=env["SUBMITIT_LOCAL_NTASKS"],
-               MASTER_ADDR="127.0.0.1", MASTER_PORT=env.get("MASTER_PORT") or str(20000 + job % 20000))
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=env.get("MASTER_PORT") or str(20000 + job % 10000))  # below the ephemeral ports

@@ -178,11 +178,11 @@ def ensure_converted(data: DictConfig) -> dict[str, Any]:
     while True:
         # several processes may start on it at once (DDP ranks under torchrun/srun, joblib sweep
         # jobs): one converts, the others wait for its lock and read the manifest it wrote
-        if wait_for_conversion(data.shard_dir):
-            with contextlib.suppress(ManifestError):
-                manifest = read_manifest(data.shard_dir, convert_command(data))
-                check_source_options(data, manifest)
-                return manifest
+        wait_for_conversion(data.shard_dir)
+        with contextlib.suppress(ManifestError):  # whoever held the lock may have just finished
+            manifest = read_manifest(data.shard_dir, convert_command(data))
+            check_source_options(data, manifest)
+            return manifest
         log.info("converting %s into %s (first use)", data.name, data.shard_dir)
         with contextlib.suppress(ConversionInProgress):  # another process got the lock first: wait for it
             return convert_dataset(data)

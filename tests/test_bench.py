@@ -131,8 +131,12 @@ def test_train_memory_and_eval_rows():
     assert row.forward_ms > 0 and row.update_ms > 0 and row.argmax_ms > 0 and row.fraction > 0
 
 
-def test_cli_parts_and_quick(capsys):
+def test_cli_parts_and_quick(capsys, monkeypatch, tmp_path):
     from segframe.bench.__main__ import main, parse
+
+    # main() sets these for its run; keep them from leaking into the rest of the session
+    monkeypatch.setenv("TQDM_DISABLE", "")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
 
     with pytest.raises(SystemExit):
         parse(["--only", "nope"])

@@ -163,7 +163,7 @@ def test_truncated_shard_names_the_shard(served):
 
 
 def test_a_download_that_breaks_is_resumed_or_named(served, tiny_shapes, monkeypatch):
-    monkeypatch.setattr(remote.time, "sleep", lambda s: None)
+    monkeypatch.setattr(remote, "_sleep", lambda s: None)
     _, url = _copy(served, "shapes", under="flaky")  # first response of each file stops halfway; Range works
     assert _same(_batches(url, "val", verify_checksums=True), _batches(str(tiny_shapes), "val"))
     _, url = _copy(served, "shapes", under="cut")  # every response stops halfway, no Range support

@@ -243,6 +243,10 @@ class SegDataModule(pl.LightningDataModule):
             self.num_classes, batches_per_epoch=batches, batch_size=self.batch_size, shuffle_buffer=self.shuffle_buffer,
             seed=self.seed, rank=rank, world_size=world, verify_checksums=self.verify_checksums,
         )
+        # Lightning starts the first epoch's workers before on_train_epoch_start (set_epoch): a
+        # resumed run must begin at its own epoch, not replay epoch 0's order
+        trainer = getattr(self, "trainer", None)
+        self._train.set_epoch(int(trainer.current_epoch) if trainer is not None else 0)
         return self._loader(self._train, self.batch_size)
 
     def eval_dataloader(self, split: str) -> DataLoader:

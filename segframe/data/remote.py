@@ -37,12 +37,21 @@ from typing import Any
 
 PLACEHOLDER = "{name}"
 # seconds without any data (connecting, or between two reads) before a download is given up
-TIMEOUT = float(os.environ.get("SEGFRAME_REMOTE_TIMEOUT", "60"))
-# reconnections per file after a transient HTTP failure (timeout, reset, 5xx), resuming where it broke
-RETRIES = int(os.environ.get("SEGFRAME_REMOTE_RETRIES", "3"))
+def _env_number(name: str, default: str, kind: type) -> Any:
+    try:
+        return kind(os.environ.get(name, default))
+    except ValueError:
+        raise ValueError(f"environment variable {name}={os.environ[name]!r} is not a number; "
+                         f"set it to e.g. {default} or unset it") from None
 
+
+TIMEOUT = _env_number("SEGFRAME_REMOTE_TIMEOUT", "60", float)
+# reconnections per file after a transient HTTP failure (timeout, reset, 5xx), resuming where it broke
+RETRIES = _env_number("SEGFRAME_REMOTE_RETRIES", "3", int)
+
+_sleep = time.sleep  # the back-off between retries (tests replace it, not time.sleep itself)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # no leading '-': it would read as an option
 _TRANSIENT_HTTP = {408, 429, 500, 502, 503, 504}
 
 
@@ -189,7 +198,7 @@ class _HttpStream:
         if self.failures >= self.retries:
             return False
         self.failures += 1
-        time.sleep(min(2 ** (self.failures - 1), 8))
+        _sleep(min(2 ** (self.failures - 1), 8))
         return True
 
     def read(self, n: int = -1) -> bytes:

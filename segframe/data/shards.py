@@ -185,6 +185,8 @@ def write_dataset(
                 state["writer"].abort()  # an open file would keep the directory from being removed on Windows
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+    log.info("converted %s into %s: %s samples in %.1f s", name, out,
+             sum(s["num_samples"] for s in manifest["splits"].values()), manifest["convert_seconds"])
     for warning in manifest["warnings"]:
         log.warning("%s: %s", name, warning)
     return manifest
