@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import ok as _ok, run_cli
 
 TINY = [
     "model.backbone=resnet18", "model.pretrained=false", "data.source.num_train=16", "data.source.num_val=6",
@@ -18,10 +18,6 @@ TINY = [
     "datamodule.eval_batch_size=4", "datamodule.num_workers=0", "optimizer=adamw", "optimizer.lr=0.003",
     "report.num_images=4", "trainer.log_every_n_steps=1",
 ]
-
-
-def _ok(res) -> None:
-    assert res.returncode == 0, f"exit {res.returncode}\nstdout:\n{res.stdout[-3000:]}\nstderr:\n{res.stderr[-5000:]}"
 
 
 @pytest.fixture(scope="module")

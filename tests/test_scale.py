@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from segframe.paths import CONF_DIR
 
-from conftest import run_cli
+from conftest import ok as _ok, run_cli
 
 # 14 train samples in 3 shards (6, 6, 2) for 2 ranks x 2 workers: fewer shards than consumers and
 # uneven shard sizes, the case where a naive split leaves one rank without batches and DDP hangs
@@ -24,10 +24,6 @@ DDP = [
     "datamodule.num_workers=2", "optimizer=adamw", "optimizer.lr=0.003", "report.num_images=2",
     "trainer.log_every_n_steps=1",
 ]
-
-
-def _ok(res) -> None:
-    assert res.returncode == 0, f"exit {res.returncode}\nstdout:\n{res.stdout[-3000:]}\nstderr:\n{res.stderr[-5000:]}"
 
 
 @pytest.fixture(scope="module")

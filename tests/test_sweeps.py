@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from segframe.paths import CONF_DIR
 from segframe.sweep import LaunchError, check_sweep, check_trainer, summarize
 
-from conftest import run_cli
+from conftest import ok as _ok, run_cli
 
 # one epoch of 2 batches on the tiny dataset, nothing written that the tests do not read
 TINY = ["model.backbone=resnet18", "model.pretrained=false", "data.source.num_train=24", "data.source.num_val=10",
@@ -23,10 +23,6 @@ TINY = ["model.backbone=resnet18", "model.pretrained=false", "data.source.num_tr
         "datamodule.eval_batch_size=4", "datamodule.num_workers=0", "datamodule.pin_memory=false",
         "report.num_images=0", "logger=none", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
         "trainer.enable_progress_bar=false"]
-
-
-def _ok(res) -> None:
-    assert res.returncode == 0, f"exit {res.returncode}\nstdout:\n{res.stdout[-3000:]}\nstderr:\n{res.stderr[-5000:]}"
 
 
 def _sweep(tiny_shapes: Path, sweep_dir: Path, *args: str):
