@@ -21,6 +21,8 @@ from segframe.data.remote import is_remote, locate, refuse_write
 from segframe.data.shards import (MANIFEST, ConversionInProgress, ManifestError, read_manifest, split_info, verify,
                                   wait_for_conversion, write_dataset)
 from segframe.paths import CONF_DIR
+from segframe.resume import (LAST, AtomicCheckpointIO, LastCheckpoint, Requeued, StepSeed, config_changes,
+                             continue_logs, find_resume, slurm_requeue)
 
 log = logging.getLogger("segframe")
 
@@ -203,12 +205,15 @@ def _datamodule(data: DictConfig, dm_cfg: DictConfig, train_transform: Any, eval
     return dm
 
 
-def _trainer(trainer_cfg: DictConfig, run_dir: Path, callbacks: list, loggers: list | bool) -> Any:
-    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir))
+def _trainer(trainer_cfg: DictConfig, run_dir: Path, callbacks: list, loggers: list | bool,
+             plugins: list | None = None) -> Any:
+    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir),
+                       **({"plugins": plugins} if plugins else {}))
 
 
 def train(cfg: DictConfig, run_dir: Path) -> float:
-    """Fit, evaluate the best checkpoint on `eval.split`, write the report. Returns its mIoU."""
+    """Fit, evaluate the best checkpoint on `eval.split`, write the report. Returns its mIoU.
+    With `resume=`, the run continues where its checkpoint left it, in that run's own directory."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
@@ -220,6 +225,12 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             f"this experiment is a stage after {cfg.parent_experiment!r}: pass model.init_from=<its checkpoint>, or "
             f"let `python -m segframe.reproduce experiment=<this experiment>` train the stages in order"
         )
+    resume = find_resume(cfg.resume, run_dir)
+    if resume is not None:
+        run_dir = resume.run_dir
+        changed = config_changes(resume.config, plain(cfg))
+        if changed:
+            log.warning("resuming with settings that differ from the run's own: %s", "; ".join(changed))
     pl.seed_everything(cfg.seed, workers=True)
     ensure_converted(cfg.data)
     dm = _datamodule(cfg.data, cfg.datamodule, instantiate(cfg.augmentation.train),
@@ -235,18 +246,23 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     ckpt_dir = run_dir / "checkpoints"
     best_cb = ModelCheckpoint(dirpath=ckpt_dir, monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
                               filename="best-epoch{epoch:03d}", auto_insert_metric_name=False, save_top_k=1)
-    # a second, unmonitored callback: the monitored one rewrites last.ckpt only on improvement
-    last_cb = ModelCheckpoint(dirpath=ckpt_dir, monitor=None, save_top_k=0, save_last=True)
+    plugins, requeue_signal = slurm_requeue()
+    last_cb = LastCheckpoint(ckpt_dir, every_n_steps=cfg.checkpoint.every_n_steps,
+                             every_minutes=cfg.checkpoint.every_minutes,
+                             requeue_signal=requeue_signal if cfg.checkpoint.slurm_requeue else None)
     loggers = [instantiate(c, save_dir=str(run_dir)) for c in cfg.logger.values()]
-    callbacks = [best_cb, last_cb] + ([LearningRateMonitor(logging_interval="step")] if loggers else [])
-    trainer = _trainer(cfg.trainer, run_dir, callbacks, loggers or False)
+    if resume is not None:
+        continue_logs(loggers, resume)
+    callbacks = [best_cb, last_cb, StepSeed(cfg.seed)] + ([LearningRateMonitor(logging_interval="step")] if loggers else [])
+    trainer = _trainer(cfg.trainer, run_dir, callbacks, loggers or False, [AtomicCheckpointIO(), *plugins])
     start = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume)
-    fit_seconds = time.time() - start
-    if trainer.interrupted:  # Ctrl-C: last.ckpt is there to resume from; no half-trained report
-        log.warning("training interrupted; resume with resume=%s", ckpt_dir / "last.ckpt")
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume.path) if resume else None)
+    except Requeued as exc:  # SLURM will start this same command again; resume=auto picks it up
+        log.warning("%s; stopping here", exc)
         return float("nan")
-    best = best_cb.best_model_path or str(ckpt_dir / "last.ckpt")
+    fit_seconds = time.time() - start
+    best = best_cb.best_model_path or str(ckpt_dir / LAST)
     log.info("evaluating %s on split %s", best, cfg.eval.split)
     trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
     if not trainer.is_global_zero:

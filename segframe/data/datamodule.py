@@ -111,18 +111,33 @@ class TrainStream(ShardStream):
                  world_size: int = 1, verify_checksums: bool = False):
         super().__init__(shards, transform, num_classes, seed, rank, world_size, verify_checksums)
         self.batches_per_epoch, self.batch_size, self.shuffle_buffer = batches_per_epoch, batch_size, shuffle_buffer
+        self._resume: tuple[int | None, int] = (None, 0)  # (epoch, batches already trained in it)
 
     def __len__(self) -> int:
         # samples per epoch on this rank; the DataLoader divides by batch_size
         return self.batches_per_epoch * self.batch_size
 
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """A run resumed inside `epoch` after `batches_done` of its batches: that epoch's pass
+        continues the same seeded order without them (no sample twice, none skipped)."""
+        self._resume = (epoch, batches_done)
+
     def _samples(self, consumer: int, consumers: int, rng: random.Random, epoch: int) -> Iterator[dict]:
         workers, worker = _worker()
-        # each worker batches its own samples, so quotas are dealt in whole batches
-        batches = self.batches_per_epoch // workers + (1 if worker < self.batches_per_epoch % workers else 0)
-        if batches <= 0:
+        # each worker batches its own samples, so quotas are dealt in whole batches; the DataLoader
+        # takes batch i from worker i % workers, so a worker's share of the first n batches is the same deal
+        batches = _share(self.batches_per_epoch, workers, worker)
+        resumed_epoch, done = self._resume
+        skip = _share(done, workers, worker) if epoch == resumed_epoch else 0
+        if batches - skip <= 0:
             return
-        yield from _islice(self._endless(consumer, consumers, rng, epoch), batches * self.batch_size)
+        samples = self._endless(consumer, consumers, rng, epoch)
+        # the batches trained before the checkpoint: drawn in order and dropped undecoded (their
+        # augmentation draws are not replayed, so the rest of this epoch's crops differ from an
+        # uninterrupted run's; the samples and their order do not)
+        for _ in itertools.islice(samples, skip * self.batch_size):
+            pass
+        yield from itertools.islice(samples, (batches - skip) * self.batch_size)
 
     def _endless(self, consumer: int, consumers: int, rng: random.Random, epoch: int) -> Iterator[dict]:
         """Passes over this consumer's shards; the shuffle buffer is flushed at the end of each pass
@@ -143,6 +158,11 @@ def _worker() -> tuple[int, int]:
     return (info.num_workers, info.id) if info else (1, 0)
 
 
+def _share(n: int, workers: int, worker: int) -> int:
+    """Worker `worker`'s part of n batches dealt round-robin to `workers` workers."""
+    return n // workers + (1 if worker < n % workers else 0)
+
+
 def _shuffled(stream: Iterator[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
     if bufsize <= 1:
         yield from stream
@@ -157,13 +177,6 @@ def _shuffled(stream: Iterator[dict], bufsize: int, rng: random.Random) -> Itera
         buf[i] = item
     rng.shuffle(buf)
     yield from buf
-
-
-def _islice(stream: Iterator[dict], n: int) -> Iterator[dict]:
-    for i, item in enumerate(stream):
-        yield item
-        if i + 1 >= n:
-            return
 
 
 def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,6 +229,7 @@ class SegDataModule(pl.LightningDataModule):
         self.manifest = read_manifest(shard_dir, convert_hint)
         self.num_classes = len(self.manifest["classes"])
         self._train: ShardStream | None = None
+        self._restored: tuple[int, int] | None = None  # (epoch, batches done) of the checkpoint resumed from
 
     @property
     def classes(self) -> list[str]:
@@ -243,11 +257,29 @@ class SegDataModule(pl.LightningDataModule):
             self.num_classes, batches_per_epoch=batches, batch_size=self.batch_size, shuffle_buffer=self.shuffle_buffer,
             seed=self.seed, rank=rank, world_size=world, verify_checksums=self.verify_checksums,
         )
-        # Lightning starts the first epoch's workers before on_train_epoch_start (set_epoch): a
-        # resumed run must begin at its own epoch, not replay epoch 0's order
+        # Lightning builds this loader (for estimated_stepping_batches) before it restores the loop
+        # counters, and starts the first epoch's workers before on_train_epoch_start (set_epoch): a
+        # resumed run takes its epoch, and the batches of it already trained, from load_state_dict
         trainer = getattr(self, "trainer", None)
-        self._train.set_epoch(int(trainer.current_epoch) if trainer is not None else 0)
+        epoch, done = self._restored or (int(trainer.current_epoch) if trainer is not None else 0, 0)
+        self._restored = None
+        if done >= batches:  # restored at the end of an epoch: this loader's first pass is the next epoch's
+            epoch, done = epoch + 1, 0
+        self._train.set_epoch(epoch)
+        self._train.resume_at(epoch, done)
         return self._loader(self._train, self.batch_size)
+
+    def state_dict(self) -> dict[str, int]:
+        """Saved in every checkpoint: the epoch and how many of its batches were trained."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        return {"epoch": int(trainer.current_epoch),
+                "batches_done": int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if state_dict:
+            self._restored = (int(state_dict["epoch"]), int(state_dict["batches_done"]))
 
     def eval_dataloader(self, split: str) -> DataLoader:
         rank, world = self._rank_world()
