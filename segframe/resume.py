@@ -30,7 +30,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.environments import SLURMEnvironment
-from pytorch_lightning.callbacks import Callback, Checkpoint
+from pytorch_lightning.callbacks import Callback, Checkpoint, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.plugins.io import TorchCheckpointIO
@@ -149,6 +149,11 @@ class LastCheckpoint(Checkpoint):
         if self._agreed(trainer)[1]:
             self._requeue(trainer)
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the finished fit once more, with its loop counters complete ("epoch" = epochs trained):
+        # resuming it goes straight to the evaluation
+        self._save(trainer)
+
     def _agreed(self, trainer: pl.Trainer) -> tuple[bool, bool]:
         """(time to save, requeue asked), as rank 0 sees them: every rank must join the same saves."""
         if self.every_seconds is None and self.requeue_signal is None:
@@ -158,6 +163,7 @@ class LastCheckpoint(Checkpoint):
         return tuple(trainer.strategy.broadcast(mine, src=0)) if trainer.world_size > 1 else mine
 
     def _save(self, trainer: pl.Trainer) -> None:
+        """Flush the logs, then write last.ckpt."""
         # the logs on disk must hold everything the checkpoint covers: continue_logs cuts them back to it
         for logger in trainer.loggers:
             logger.save()
@@ -183,6 +189,27 @@ class LastCheckpoint(Checkpoint):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._saved_step = int(state_dict.get("saved_step", -1))
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """The monitored best checkpoint, whose tracking survives a run directory that was moved or copied
+    (rsync to another cluster) before resuming: paths recorded under the old folder are read under the
+    new one. Lightning's ModelCheckpoint drops the best score then and keeps a path that may be gone."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old and new and old != new:
+            def moved(path: Any) -> Any:
+                if not isinstance(path, str) or not path.startswith(old):
+                    return path
+                there = new + path[len(old):]
+                return there if Path(there).is_file() or not Path(path).is_file() else path
+
+            state_dict = {**state_dict, "dirpath": new,
+                          "best_k_models": {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()},
+                          **{k: moved(state_dict.get(k)) for k in ("best_model_path", "kth_best_model_path",
+                                                                   "last_model_path")}}
+        super().load_state_dict(state_dict)
 
 
 def slurm_job_id() -> str:
@@ -223,7 +250,7 @@ class StepSeed(Callback):
 class ResumePoint:
     path: Path        # the checkpoint
     run_dir: Path     # the run it continues: logs, checkpoints and report go there
-    epoch: int        # epochs completed
+    epoch: int        # epochs trained
     step: int         # optimizer steps completed; logs at this step and later are logged again
     config: dict[str, Any]  # the config the run was started with
 
@@ -249,7 +276,9 @@ def find_resume(resume: str | None, run_dir: Path) -> ResumePoint | None:
                 f"has a checkpoint and start fresh otherwise")
     try:  # mmap: checks the file and reads the counters without loading every tensor
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        epoch, step, _ = int(ckpt["epoch"]), int(ckpt["global_step"]), ckpt["loops"]["fit_loop"]
+        # epochs whose training is done (a checkpoint from inside an epoch has not processed it yet)
+        epoch = int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+        step = int(ckpt["global_step"])
     except Exception as exc:  # noqa: BLE001 (truncated, not a torch file, not a training checkpoint)
         raise ResumeError(
             f"resume={resume}: {path} cannot be resumed from ({type(exc).__name__}: {exc}). It is not a complete "
@@ -257,7 +286,7 @@ def find_resume(resume: str | None, run_dir: Path) -> ResumePoint | None:
     owner = path.parent.parent if path.parent.name == "checkpoints" else run_dir
     _clean(path.parent)
     config = (ckpt.get("hyper_parameters") or {}).get("config") or {}
-    log.info("resuming %s from %s (%d epochs, %d steps done)", owner, path, epoch, step)
+    log.info("resuming %s from %s (%d epochs and %d optimizer steps done)", owner, path, epoch, step)
     return ResumePoint(path=path, run_dir=owner, epoch=epoch, step=step, config=config)
 
 

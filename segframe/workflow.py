@@ -21,8 +21,6 @@ from segframe.data.remote import is_remote, locate, refuse_write
 from segframe.data.shards import (MANIFEST, ConversionInProgress, ManifestError, read_manifest, split_info, verify,
                                   wait_for_conversion, write_dataset)
 from segframe.paths import CONF_DIR
-from segframe.resume import (LAST, AtomicCheckpointIO, LastCheckpoint, Requeued, StepSeed, config_changes,
-                             continue_logs, find_resume, slurm_requeue)
 
 log = logging.getLogger("segframe")
 
@@ -79,10 +77,12 @@ def convert(cfg: DictConfig, run_dir: Path | None = None) -> int:
     check_keys(cfg, "convert")
     data = cfg.data
     if cfg.verify:
-        problems = verify(data.shard_dir)
+        problems = verify(data.shard_dir, convert_command(data))
         for p in problems:
             print(f"PROBLEM {p}")
         print(f"verify {data.shard_dir}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+        if problems:
+            print(f"reconvert it: {convert_command(data)} overwrite=true")
         return 1 if problems else 0
     if cfg.browse:
         return _browse(cfg, run_dir or Path.cwd())
@@ -215,9 +215,11 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     """Fit, evaluate the best checkpoint on `eval.split`, write the report. Returns its mIoU.
     With `resume=`, the run continues where its checkpoint left it, in that run's own directory."""
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.callbacks import LearningRateMonitor
 
     from segframe.module import SegModule
+    from segframe.resume import (LAST, AtomicCheckpointIO, BestCheckpoint, LastCheckpoint, Requeued, StepSeed,
+                                 config_changes, continue_logs, find_resume, slurm_requeue)
 
     check_keys(cfg, "train")
     if cfg.get("parent_experiment") and not cfg.model.get("init_from"):
@@ -244,8 +246,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         model_config=plain(cfg.model), config=plain(cfg),
     )
     ckpt_dir = run_dir / "checkpoints"
-    best_cb = ModelCheckpoint(dirpath=ckpt_dir, monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
-                              filename="best-epoch{epoch:03d}", auto_insert_metric_name=False, save_top_k=1)
+    best_cb = BestCheckpoint(dirpath=ckpt_dir, monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
+                             filename="best-epoch{epoch:03d}", auto_insert_metric_name=False, save_top_k=1)
     plugins, requeue_signal = slurm_requeue()
     last_cb = LastCheckpoint(ckpt_dir, every_n_steps=cfg.checkpoint.every_n_steps,
                              every_minutes=cfg.checkpoint.every_minutes,
@@ -270,7 +272,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     examples = _examples(module, dm, cfg.eval.split, cfg.report.num_images)
     metrics = _write(run_dir, module, dm, cfg.eval.split, best, examples, cfg,
                      extra={"fit_seconds": round(fit_seconds, 1), "epochs": trainer.current_epoch,
-                            "steps": trainer.global_step})
+                            "steps": trainer.global_step, "resumed_from": str(resume.path) if resume else None})
     return float(metrics["miou"] or 0.0)
 
 

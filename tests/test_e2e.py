@@ -108,17 +108,25 @@ def test_eval_under_ddp_with_two_cpu_processes_equals_one_process(trained):
     assert ddp["confusion_matrix"] == single["confusion_matrix"]
 
 
-def test_resume_from_last_continues(trained):
+def test_resume_from_last_continues_that_run(trained):
+    """resume=RUN/checkpoints/last.ckpt continues RUN itself (here a copy, moved elsewhere as a run synced
+    to another machine would be), whatever this command's own Hydra directory."""
+    import shutil
+
     root, run = trained
+    moved = root / "moved-run"
+    shutil.copytree(run, moved)
     out = root / "resumed"
     _ok(run_cli("train", *TINY, f"paths.data_dir={root / 'data'}", "trainer.max_epochs=3",
-                f"resume={run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={out}"))
+                f"resume={moved / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={out}"))
     first = json.loads((run / "metrics.json").read_text())
-    resumed = json.loads((out / "metrics.json").read_text())
+    resumed = json.loads((moved / "metrics.json").read_text())
+    assert not (out / "metrics.json").exists()
     assert resumed["epochs"] == 3 and resumed["steps"] == first["steps"] // 2 * 3
-    epochs = {r["epoch"] for r in csv.DictReader(open(out / "logs" / "metrics.csv")) if r.get("val/miou")}
-    assert epochs == {"2"}  # only the remaining epoch was trained
-    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
+    epochs = [r["epoch"] for r in csv.DictReader(open(moved / "logs" / "metrics.csv")) if r.get("val/miou")]
+    assert epochs == ["0", "1", "2"]  # the run's own log, appended: only the remaining epoch was trained
+    assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
+    assert Path(resumed["checkpoint"]).parent == moved / "checkpoints"  # best tracking moved with the run
 
 
 def test_lr_sweep_writes_summary_table(trained):

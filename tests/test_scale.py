@@ -70,15 +70,19 @@ def test_ddp_metrics_equal_single_process_on_the_same_checkpoint(ddp_run):
 
 
 def test_ddp_resume_continues_from_last_checkpoint(ddp_run):
+    import shutil
+
     root, run = ddp_run
-    out = root / "resumed"
+    resumed_run = root / "resumed-run"
+    shutil.copytree(run, resumed_run)  # the fixture's run stays as it is for the other tests
     _ok(run_cli("train", *DDP, f"paths.data_dir={root / 'data'}", "trainer.max_epochs=3",
-                f"resume={run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={out}", timeout=300))
-    resumed = json.loads((out / "metrics.json").read_text())
+                f"resume={resumed_run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={root / 'hydra'}",
+                timeout=300))
+    resumed = json.loads((resumed_run / "metrics.json").read_text())
     assert resumed["epochs"] == 3 and resumed["steps"] == 6
-    epochs = {r["epoch"] for r in csv.DictReader(open(out / "logs" / "metrics.csv")) if r.get("val/miou")}
-    assert epochs == {"2"}  # only the remaining epoch was trained
-    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
+    epochs = [r["epoch"] for r in csv.DictReader(open(resumed_run / "logs" / "metrics.csv")) if r.get("val/miou")]
+    assert epochs == ["0", "1", "2"]  # appended to the run's log: only the remaining epoch was trained
+    assert torch.load(resumed_run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
 
 
 # --------------------------------------------------------------------------- speed knobs

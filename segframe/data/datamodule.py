@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from segframe.data.sample import IGNORE_INDEX, decode_sample
-from segframe.data.shards import iter_shard, read_manifest, shard_urls, split_info
+from segframe.data.shards import default_convert_hint, iter_shard, read_manifest, shard_urls, split_info
 
 Transform = Callable[..., dict]
 
@@ -43,12 +43,15 @@ class ShardStream(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         verify_checksums: bool = False,
+        convert_hint: str = "",
     ):
         """`shards`: (location, sample count) or (location, sample count, bytes, sha256) per shard;
-        a shard's size is checked when known, its sha256 only with `verify_checksums`."""
+        a shard's size is checked when known, its sha256 only with `verify_checksums`. `convert_hint`:
+        the dataset's convert command, for the advice a damaged shard's error gives."""
         if not shards:
             raise ValueError("ShardStream needs at least one shard")
         self.checks = {s[0]: (s[2], s[3] if verify_checksums else None) for s in shards if len(s) >= 4}
+        self.convert_hint = convert_hint
         self.shards = [(s[0], int(s[1])) for s in shards]
         self.transform, self.num_classes = transform, num_classes
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -100,7 +103,7 @@ class ShardStream(IterableDataset):
     def _read(self, url: str, count: int) -> Iterable[dict]:
         """One shard's raw samples, checked against the manifest once read to its end."""
         nbytes, sha256 = self.checks.get(url, (None, None))
-        return iter_shard(url, count, nbytes=nbytes, sha256=sha256)
+        return iter_shard(url, count, nbytes=nbytes, sha256=sha256, convert_hint=self.convert_hint)
 
 
 class TrainStream(ShardStream):
@@ -108,8 +111,8 @@ class TrainStream(ShardStream):
 
     def __init__(self, shards: list[tuple], transform: Transform | None, num_classes: int,
                  batches_per_epoch: int, batch_size: int, shuffle_buffer: int = 0, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, verify_checksums: bool = False):
-        super().__init__(shards, transform, num_classes, seed, rank, world_size, verify_checksums)
+                 world_size: int = 1, verify_checksums: bool = False, convert_hint: str = ""):
+        super().__init__(shards, transform, num_classes, seed, rank, world_size, verify_checksums, convert_hint)
         self.batches_per_epoch, self.batch_size, self.shuffle_buffer = batches_per_epoch, batch_size, shuffle_buffer
         self._resume: tuple[int | None, int] = (None, 0)  # (epoch, batches already trained in it)
 
@@ -226,7 +229,8 @@ class SegDataModule(pl.LightningDataModule):
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.pin_memory, self.persistent_workers, self.prefetch_factor = pin_memory, persistent_workers, prefetch_factor
         self.verify_checksums = verify_checksums
-        self.manifest = read_manifest(shard_dir, convert_hint)
+        self.convert_hint = convert_hint or default_convert_hint(shard_dir)
+        self.manifest = read_manifest(shard_dir, self.convert_hint)
         self.num_classes = len(self.manifest["classes"])
         self._train: ShardStream | None = None
         self._restored: tuple[int, int] | None = None  # (epoch, batches done) of the checkpoint resumed from
@@ -256,6 +260,7 @@ class SegDataModule(pl.LightningDataModule):
             shard_urls(self.manifest, self.train_split, self.shard_dir, checksums=True), self.train_transform,
             self.num_classes, batches_per_epoch=batches, batch_size=self.batch_size, shuffle_buffer=self.shuffle_buffer,
             seed=self.seed, rank=rank, world_size=world, verify_checksums=self.verify_checksums,
+            convert_hint=self.convert_hint,
         )
         # Lightning builds this loader (for estimated_stepping_batches) before it restores the loop
         # counters, and starts the first epoch's workers before on_train_epoch_start (set_epoch): a
@@ -284,7 +289,8 @@ class SegDataModule(pl.LightningDataModule):
     def eval_dataloader(self, split: str) -> DataLoader:
         rank, world = self._rank_world()
         stream = ShardStream(shard_urls(self.manifest, split, self.shard_dir, checksums=True), self.eval_transform,
-                             self.num_classes, rank=rank, world_size=world, verify_checksums=self.verify_checksums)
+                             self.num_classes, rank=rank, world_size=world, verify_checksums=self.verify_checksums,
+                             convert_hint=self.convert_hint)
         return self._loader(stream, self.eval_batch_size)
 
     def val_dataloader(self) -> DataLoader:

@@ -368,9 +368,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 # `pipe:` command; the manifest is fetched the same way as the shards.
 
 
+def default_convert_hint(location: str | os.PathLike) -> str:
+    """The convert command for a dataset known only by where it lives: `<data_dir>/<name>` holds dataset
+    `name` (the callers that know the config pass `workflow.convert_command` instead)."""
+    name = Path(str(location).rstrip("/")).name if not str(location).startswith("pipe:") else ""
+    return f"python -m segframe.convert data={name or '<name>'}"
+
+
 def read_manifest(shard_dir: str | os.PathLike, convert_hint: str = "") -> dict[str, Any]:
     """Load and check `<shard_dir>/manifest.json`; refuse formats this version does not understand."""
-    hint = convert_hint or "python -m segframe.convert data=<name>"
+    hint = convert_hint or default_convert_hint(shard_dir)
     path = locate(shard_dir, MANIFEST)
     if is_remote(shard_dir):
         try:
@@ -493,12 +500,12 @@ def _tar_samples(url: str, stream: Any) -> Iterable[dict[str, Any]]:
         yield current
 
 
-def _repair_advice(url: str) -> str:
+def _repair_advice(url: str, convert_hint: str = "") -> str:
+    hint = convert_hint or default_convert_hint(Path(url).parent if not str(url).startswith("pipe:") else url)
     if is_remote(url):
         return ("the copy there is damaged or incomplete: upload the shard again from the converted directory (or "
-                "reconvert and upload it); `python -m segframe.convert data=<name> data.shard_dir=<location> "
-                "verify=true` checks every shard there")
-    return "run `python -m segframe.convert data=<name> verify=true`, then reconvert with overwrite=true"
+                f"reconvert and upload it); `{hint} data.shard_dir=<location> verify=true` checks every shard there")
+    return f"run `{hint} verify=true`, then reconvert with `{hint} overwrite=true`"
 
 
 def _fetch_advice() -> str:
@@ -506,19 +513,22 @@ def _fetch_advice() -> str:
             "shell), and that every file listed in the manifest.json there was uploaded")
 
 
-def _unreadable(url: str, count: int, cause: BaseException) -> str:
+def _unreadable(url: str, count: int, cause: BaseException, convert_hint: str = "") -> str:
     after = f" after {count} samples" if count else ""
     if isinstance(cause, RemoteError):
         return f"cannot read shard {url}{after}: {cause}; {_fetch_advice()}"
     if isinstance(cause, FileNotFoundError) and not count:
-        return f"shard {url} is missing; {_repair_advice(url)}"
-    return f"shard {url} is unreadable after {count} samples ({type(cause).__name__}: {cause}); {_repair_advice(url)}"
+        return f"shard {url} is missing; {_repair_advice(url, convert_hint)}"
+    return (f"shard {url} is unreadable after {count} samples ({type(cause).__name__}: {cause}); "
+            f"{_repair_advice(url, convert_hint)}")
 
 
 def _mismatch(tally: _Tally, count: int, expected: int | None, nbytes: int | None, sha256: str | None) -> str:
     """How a shard read to its end differs from its manifest entry ('' when it does not)."""
-    if expected is not None and count != expected:
+    if expected is not None and count < expected:
         return f"holds {count} samples but the manifest says {expected} (truncated?)"
+    if expected is not None and count > expected:  # e.g. members appended to the tar
+        return f"holds {count} samples but the manifest says {expected} (modified since conversion)"
     if nbytes is not None and tally.nbytes != nbytes:
         return f"has {tally.nbytes} bytes but the manifest says {nbytes} (truncated or changed since conversion)"
     if sha256 is not None and tally.sha is not None and tally.sha.hexdigest() != sha256:
@@ -528,7 +538,7 @@ def _mismatch(tally: _Tally, count: int, expected: int | None, nbytes: int | Non
 
 
 def iter_shard(url: str, expected: int | None = None, nbytes: int | None = None,
-               sha256: str | None = None) -> Iterable[dict[str, Any]]:
+               sha256: str | None = None, convert_hint: str = "") -> Iterable[dict[str, Any]]:
     """Raw samples (dicts of bytes) of one shard at `url` (a path, an http(s) URL or a pipe: command).
     Once the shard is read to its end, its sample count (`expected`), size (`nbytes`) and sha256
     (hashed while streaming, when `sha256` is given) must match the manifest. A failed download,
@@ -545,21 +555,21 @@ def iter_shard(url: str, expected: int | None = None, nbytes: int | None = None,
         tally.drain()
     except Exception as exc:  # RemoteError, tarfile.ReadError, EOFError, OSError...
         cause = tally.failure if tally is not None and tally.failure is not None else exc
-        raise SampleError(_unreadable(url, max(count - 1, 0), cause)) from cause
+        raise SampleError(_unreadable(url, max(count - 1, 0), cause, convert_hint)) from cause
     finally:
         if tally is not None:
             tally.close()
     problem = _mismatch(tally, count, expected, nbytes, sha256)
     if problem:
-        raise SampleError(f"shard {url} {problem}; {_repair_advice(url)}")
+        raise SampleError(f"shard {url} {problem}; {_repair_advice(url, convert_hint)}")
     if last is not None:
         yield last
 
 
-def verify(shard_dir: str | os.PathLike) -> list[str]:
+def verify(shard_dir: str | os.PathLike, convert_hint: str = "") -> list[str]:
     """Recompute every checksum and decode every sample; one line per problem, by shard and key.
     Remote locations are streamed (each shard read once, hashed while reading)."""
-    manifest = read_manifest(shard_dir)
+    manifest = read_manifest(shard_dir, convert_hint)
     problems: list[str] = []
     num_classes = len(manifest["classes"])
     for split, info in manifest["splits"].items():
@@ -602,7 +612,8 @@ def verify(shard_dir: str | os.PathLike) -> list[str]:
                 if tally.sha.hexdigest() != shard["sha256"]:  # type: ignore[union-attr]
                     problems.append(f"{name}: sha256 differs from the manifest (file changed or corrupt)")
             if count != shard["num_samples"]:
-                problems.append(f"{name}: {count} samples, manifest says {shard['num_samples']}")
+                how = "truncated?" if count < shard["num_samples"] else "modified since conversion"
+                problems.append(f"{name}: {count} samples, manifest says {shard['num_samples']} ({how})")
             total += count
         if total != info["num_samples"]:
             problems.append(f"split {split}: {total} samples, manifest says {info['num_samples']}")
