@@ -72,14 +72,15 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         workers, worker = _worker()
+        epoch = self._current_epoch()
+        worker = self._role(workers, worker, epoch)
         # every (rank, worker) pair is one consumer of shards
         consumer, consumers = self.rank * workers + worker, self.world_size * workers
-        epoch = self._current_epoch()
         rng = random.Random(hash((self.seed, epoch, consumer)) & 0xFFFFFFFF)
         if self.transform is not None and hasattr(self.transform, "set_random_seed"):
             # forked workers inherit one RNG state: give each its own stream of augmentations
             self.transform.set_random_seed(rng.randrange(2**31))
-        for sample in self._samples(consumer, consumers, rng, epoch):
+        for sample in self._samples(consumer, consumers, rng, epoch, workers, worker):
             image, mask, _ = decode_sample(sample, self.num_classes)
             if self.transform is not None:
                 out = self.transform(image=image, mask=mask)
@@ -87,7 +88,12 @@ class ShardStream(IterableDataset):
             yield (torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
                    torch.from_numpy(mask.astype(np.int64)))
 
-    def _samples(self, consumer: int, consumers: int, rng: random.Random, epoch: int) -> Iterator[dict]:
+    def _role(self, workers: int, worker: int, epoch: int) -> int:
+        """Which worker's part of the epoch this worker plays (its own, but in a resumed epoch)."""
+        return worker
+
+    def _samples(self, consumer: int, consumers: int, rng: random.Random, epoch: int, workers: int,
+                 worker: int) -> Iterator[dict]:
         """Each sample exactly once over all consumers: whole shards, or every n-th sample."""
         if len(self.shards) >= consumers:
             for url, count in self.shards[consumer::consumers]:
@@ -125,10 +131,16 @@ class TrainStream(ShardStream):
         continues the same seeded order without them (no sample twice, none skipped)."""
         self._resume = (epoch, batches_done)
 
-    def _samples(self, consumer: int, consumers: int, rng: random.Random, epoch: int) -> Iterator[dict]:
-        workers, worker = _worker()
-        # each worker batches its own samples, so quotas are dealt in whole batches; the DataLoader
-        # takes batch i from worker i % workers, so a worker's share of the first n batches is the same deal
+    def _role(self, workers: int, worker: int, epoch: int) -> int:
+        # the DataLoader takes batch i from worker i % workers, starting again at worker 0 in a new
+        # process: after `done` batches, worker w makes the batches worker (w + done) % workers made
+        resumed_epoch, done = self._resume
+        return (worker + done) % workers if epoch == resumed_epoch else worker
+
+    def _samples(self, consumer: int, consumers: int, rng: random.Random, epoch: int, workers: int,
+                 worker: int) -> Iterator[dict]:
+        # each worker batches its own samples, so quotas are dealt in whole batches, as the DataLoader
+        # takes them: batch i from worker i % workers
         batches = _share(self.batches_per_epoch, workers, worker)
         resumed_epoch, done = self._resume
         skip = _share(done, workers, worker) if epoch == resumed_epoch else 0
