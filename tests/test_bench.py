@@ -144,3 +144,12 @@ def test_cli_parts_and_quick(capsys, monkeypatch, tmp_path):
     main(["--quick", "--only", "eval", "--models", "resnet18", "--device", "cpu"])
     out = capsys.readouterr().out
     assert "== eval ==" in out and "metric / forward" in out and "torch " + torch.__version__ in out
+
+
+def test_checkpoint_part_compares_the_atomic_writer_with_lightnings(tmp_path):
+    from segframe.bench.checkpoint import bench_checkpoint, report
+
+    rows = bench_checkpoint(["resnet18"], 32, 1, tmp_path)
+    assert rows[0]["mib"] > 80 and all(rows[0][w][0] > 0 for w in ("lightning", "atomic"))
+    assert not list(tmp_path.iterdir())  # nothing left behind
+    assert "atomic/lightning" in report(rows, str(tmp_path)) and "FCN-32s resnet18" in report(rows, str(tmp_path))

@@ -255,6 +255,27 @@ def test_continued_csv_keeps_the_rows_before_the_checkpoint(tmp_path):
     assert rows[5]["val/miou"] == "0.5" and rows[6]["train/loss"] == "50.0" and rows[6]["lr"] == "0.1"
 
 
+def test_last_checkpoint_options_are_checked_and_time_decides_on_rank_zero(monkeypatch):
+    from types import SimpleNamespace
+
+    from segframe.resume import LastCheckpoint
+
+    for bad in ({"every_n_steps": 0}, {"every_minutes": -1}):
+        with pytest.raises(ValueError, match="checkpoint.every_"):
+            LastCheckpoint("ckpts", **bad)
+    every = LastCheckpoint("ckpts", every_minutes=1)
+    clock = [1000.0]
+    monkeypatch.setattr("segframe.resume.time.monotonic", lambda: clock[0])
+    every._saved_at = 1000.0
+    single = SimpleNamespace(world_size=1)
+    assert every._agreed(single) == (False, False)
+    clock[0] += 61
+    assert every._agreed(single) == (True, False)
+    # under DDP every rank takes rank 0's answer (its own clock may say otherwise)
+    ddp = SimpleNamespace(world_size=2, strategy=SimpleNamespace(broadcast=lambda obj, src: (False, True)))
+    assert every._agreed(ddp) == (False, True)
+
+
 def test_best_checkpoint_tracking_survives_a_moved_run_directory(tmp_path):
     from segframe.resume import BestCheckpoint
 

@@ -75,9 +75,10 @@ def test_ddp_resume_continues_from_last_checkpoint(ddp_run):
     root, run = ddp_run
     resumed_run = root / "resumed-run"
     shutil.copytree(run, resumed_run)  # the fixture's run stays as it is for the other tests
+    # every_minutes: rank 0's clock decides, broadcast to the other rank, so both join every save
     _ok(run_cli("train", *DDP, f"paths.data_dir={root / 'data'}", "trainer.max_epochs=3",
                 f"resume={resumed_run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={root / 'hydra'}",
-                timeout=300))
+                "checkpoint.every_minutes=0.0001", timeout=300))
     resumed = json.loads((resumed_run / "metrics.json").read_text())
     assert resumed["epochs"] == 3 and resumed["steps"] == 6
     epochs = [r["epoch"] for r in csv.DictReader(open(resumed_run / "logs" / "metrics.csv")) if r.get("val/miou")]

@@ -217,6 +217,24 @@ def test_verify_and_reader_catch_truncated_shard(tmp_path):
         list(iter_shard(str(shard), 3))
 
 
+def test_shard_with_appended_members_is_modified_and_the_advice_names_the_dataset(tmp_path):
+    out = _dataset(tmp_path)  # dataset "toy" in <tmp>/ds
+    shard = out / "train-000000.tar"
+    with tarfile.open(shard) as tar:
+        first = [(m, tar.extractfile(m).read()) for m in tar.getmembers() if m.name.startswith(tar.getnames()[0].split(".")[0])]
+    with tarfile.open(shard, "a") as tar:  # one more sample, as appending members to the tar gives
+        for m, payload in first:
+            m.name = "zz_appended." + m.name.split(".", 1)[1]
+            tar.addfile(m, io.BytesIO(payload))
+    with pytest.raises(SampleError, match=r"holds 4 samples but the manifest says 3 \(modified since conversion\)"):
+        list(iter_shard(str(shard), 3))
+    with pytest.raises(SampleError, match=r"python -m segframe\.convert data=ds verify=true"):
+        list(iter_shard(str(shard), 3))  # no config at hand: the dataset folder's name
+    with pytest.raises(SampleError, match=r"`python -m segframe\.convert data=folder data\.name=toy overwrite=true`"):
+        list(iter_shard(str(shard), 3, convert_hint="python -m segframe.convert data=folder data.name=toy"))
+    assert any("train-000000.tar: 4 samples, manifest says 3 (modified since conversion)" in p for p in verify(out))
+
+
 def test_reader_refuses_unknown_manifest(tmp_path):
     out = _dataset(tmp_path)
     m = json.loads((out / "manifest.json").read_text())

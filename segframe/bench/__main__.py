@@ -9,6 +9,7 @@
   step        SegModule under pl.Trainer vs a bare PyTorch loop (Lightning overhead)
   knobs       FCN-8s train step per model: ms/step, img/s, GFLOP/s, % of matmul peak, one knob at a time
               (channels_last, bf16, fp16, compile, cudnn_benchmark); on CUDA also VGG16 at 512x512 bf16
+  checkpoint  ms per checkpoint save per model (weights + SGD momentum): atomic write vs Lightning's writer
 
 Timings are printed, never asserted; each figure says how many steps / samples it is from.
 """
@@ -22,10 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-PARTS = ("convert", "loader", "files", "dataloader", "memory", "eval", "step", "knobs")
+PARTS = ("convert", "loader", "files", "dataloader", "memory", "eval", "step", "knobs", "checkpoint")
 QUICK = dict(size=64, batch=2, steps=2, min_steps=1, budget=2.0, overhead_steps=2, repeats=1, seconds=1.0, crop=128,
              files_images=48, dl_epochs=2, dl_batches=3, eval_size="64", eval_reps=1, memory_steps=1,
-             memory_samples=16, convert_images=64, gpu_size=128)
+             memory_samples=16, convert_images=64, gpu_size=128, checkpoint_repeats=1)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -79,6 +80,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--memory-factors", default="1,4,16")
     g.add_argument("--convert-images", type=int, default=1000, help="images in the generated VOC tree")
     g.add_argument("--convert-workers", default="1,2", help="converter process counts to compare")
+    g = p.add_argument_group("checkpoint")
+    g.add_argument("--checkpoint-repeats", type=int, default=5, help="saves per writer and model, interleaved")
+    g.add_argument("--checkpoint-dir", default=None,
+                   help="where to write (default: a temporary folder; point it at the disk your runs write to)")
     return p
 
 

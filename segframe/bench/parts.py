@@ -120,6 +120,15 @@ def step(args: argparse.Namespace, tmp: Path) -> str:
     return report(bare, light, args.overhead_backbone, args.stride, args.batch, size, steps, args.repeats)
 
 
+def checkpoint(args: argparse.Namespace, tmp: Path) -> str:
+    from segframe.bench.checkpoint import bench_checkpoint, report
+
+    folder = Path(args.checkpoint_dir) if args.checkpoint_dir else tmp / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = bench_checkpoint(_names(args.models), args.stride, args.checkpoint_repeats, folder)
+    return report(rows, str(folder))
+
+
 def knobs(args: argparse.Namespace, tmp: Path) -> str:
     from segframe.bench.common import matmul_peak
     from segframe.bench.step import bench_knobs, make_batch, measure, report, skip_reason
@@ -154,4 +163,4 @@ def knobs(args: argparse.Namespace, tmp: Path) -> str:
 
 
 RUN = {"convert": convert, "loader": loader, "files": files, "dataloader": dataloader, "memory": memory,
-       "eval": evaluation, "step": step, "knobs": knobs}
+       "eval": evaluation, "step": step, "knobs": knobs, "checkpoint": checkpoint}
