@@ -218,8 +218,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     from pytorch_lightning.callbacks import LearningRateMonitor
 
     from segframe.module import SegModule
-    from segframe.resume import (LAST, AtomicCheckpointIO, BestCheckpoint, LastCheckpoint, Requeued, StepSeed,
-                                 config_changes, continue_logs, find_resume, slurm_requeue)
+    from segframe.checkpointing import LAST, Requeued, resumable
+    from segframe.resume import continue_logs, find_resume
 
     check_keys(cfg, "train")
     if cfg.get("parent_experiment") and not cfg.model.get("init_from"):
@@ -227,12 +227,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             f"this experiment is a stage after {cfg.parent_experiment!r}: pass model.init_from=<its checkpoint>, or "
             f"let `python -m segframe.reproduce experiment=<this experiment>` train the stages in order"
         )
-    resume = find_resume(cfg.resume, run_dir)
-    if resume is not None:
-        run_dir = resume.run_dir
-        changed = config_changes(resume.config, plain(cfg))
-        if changed:
-            log.warning("resuming with settings that differ from the run's own: %s", "; ".join(changed))
+    resume = find_resume(cfg.resume, run_dir, plain(cfg))
+    run_dir = resume.run_dir if resume is not None else run_dir
     pl.seed_everything(cfg.seed, workers=True)
     ensure_converted(cfg.data)
     dm = _datamodule(cfg.data, cfg.datamodule, instantiate(cfg.augmentation.train),
@@ -246,17 +242,12 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         model_config=plain(cfg.model), config=plain(cfg),
     )
     ckpt_dir = run_dir / "checkpoints"
-    best_cb = BestCheckpoint(dirpath=ckpt_dir, monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
-                             filename="best-epoch{epoch:03d}", auto_insert_metric_name=False, save_top_k=1)
-    plugins, requeue_signal = slurm_requeue()
-    last_cb = LastCheckpoint(ckpt_dir, every_n_steps=cfg.checkpoint.every_n_steps,
-                             every_minutes=cfg.checkpoint.every_minutes,
-                             requeue_signal=requeue_signal if cfg.checkpoint.slurm_requeue else None)
+    best_cb, callbacks, plugins = resumable(ckpt_dir, cfg.seed, **plain(cfg.checkpoint))
     loggers = [instantiate(c, save_dir=str(run_dir)) for c in cfg.logger.values()]
     if resume is not None:
         continue_logs(loggers, resume)
-    callbacks = [best_cb, last_cb, StepSeed(cfg.seed)] + ([LearningRateMonitor(logging_interval="step")] if loggers else [])
-    trainer = _trainer(cfg.trainer, run_dir, callbacks, loggers or False, [AtomicCheckpointIO(), *plugins])
+    callbacks += [LearningRateMonitor(logging_interval="step")] if loggers else []
+    trainer = _trainer(cfg.trainer, run_dir, callbacks, loggers or False, plugins)
     start = time.time()
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(resume.path) if resume else None)

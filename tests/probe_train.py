@@ -18,7 +18,7 @@ import time
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from segframe import resume  # noqa: E402
+from segframe import checkpointing  # noqa: E402
 from segframe.module import SegModule  # noqa: E402
 
 _training_step = SegModule.training_step
@@ -50,7 +50,7 @@ if os.environ.get("PROBE_STALL_SAVE"):
                 time.sleep(3600)
         _fsync(fd)
 
-    resume.os.fsync = fsync  # the os module itself: this process only
+    checkpointing.os.fsync = fsync  # the os module itself: this process only
 
 if __name__ == "__main__":
     from segframe.train import main

@@ -205,22 +205,22 @@ def test_slurm_requeue_signal_saves_requeues_and_the_same_command_resumes(refere
 def test_resume_auto_and_paths_are_checked_before_anything_is_built(tmp_path):
     from segframe.resume import ResumeError, find_resume
 
-    assert find_resume(None, tmp_path) is None
+    assert find_resume(None, tmp_path, {}) is None
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()
     (ckpts / ".last.ckpt.123.partial").write_bytes(b"half a checkpoint")
-    assert find_resume("auto", tmp_path) is None  # nothing to resume: start fresh
+    assert find_resume("auto", tmp_path, {}) is None  # nothing to resume: start fresh
     assert not list(ckpts.iterdir())  # and what a killed save left behind is gone
     with pytest.raises(ResumeError, match=r"resume=.*nope\.ckpt: no such checkpoint.*resume=auto"):
-        find_resume(str(tmp_path / "nope.ckpt"), tmp_path)
+        find_resume(str(tmp_path / "nope.ckpt"), tmp_path, {})
     (ckpts / "last.ckpt").write_bytes(b"PK\x03\x04 not really")
     for resume in ("auto", str(ckpts / "last.ckpt")):
         with pytest.raises(ResumeError, match=r"last\.ckpt cannot be resumed from .*delete it"):
-            find_resume(resume, tmp_path)
+            find_resume(resume, tmp_path, {})
 
 
 def test_atomic_save_that_fails_midway_keeps_the_previous_file(tmp_path):
-    from segframe.resume import AtomicCheckpointIO
+    from segframe.checkpointing import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()
     target = tmp_path / "last.ckpt"
@@ -247,7 +247,7 @@ def test_continued_csv_keeps_the_rows_before_the_checkpoint(tmp_path):
     first.log_metrics({"val/miou": 0.5, "epoch": 0}, step=4)
     first.save()
     resumed = CSVLogger(str(tmp_path), name="logs", version="")
-    continue_logs([resumed], ResumePoint(tmp_path / "last.ckpt", tmp_path, epoch=1, step=5, config={}))
+    continue_logs([resumed], ResumePoint(tmp_path / "last.ckpt", tmp_path, epoch=1, step=5))
     resumed.log_metrics({"train/loss": 50.0, "lr": 0.1}, step=5)  # a new column too
     resumed.save()
     rows = list(csv.DictReader(open(tmp_path / "logs" / "metrics.csv")))
@@ -258,14 +258,14 @@ def test_continued_csv_keeps_the_rows_before_the_checkpoint(tmp_path):
 def test_last_checkpoint_options_are_checked_and_time_decides_on_rank_zero(monkeypatch):
     from types import SimpleNamespace
 
-    from segframe.resume import LastCheckpoint
+    from segframe.checkpointing import LastCheckpoint
 
     for bad in ({"every_n_steps": 0}, {"every_minutes": -1}):
         with pytest.raises(ValueError, match="checkpoint.every_"):
             LastCheckpoint("ckpts", **bad)
     every = LastCheckpoint("ckpts", every_minutes=1)
     clock = [1000.0]
-    monkeypatch.setattr("segframe.resume.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("segframe.checkpointing.time.monotonic", lambda: clock[0])
     every._saved_at = 1000.0
     single = SimpleNamespace(world_size=1)
     assert every._agreed(single) == (False, False)
@@ -277,7 +277,7 @@ def test_last_checkpoint_options_are_checked_and_time_decides_on_rank_zero(monke
 
 
 def test_best_checkpoint_tracking_survives_a_moved_run_directory(tmp_path):
-    from segframe.resume import BestCheckpoint
+    from segframe.checkpointing import BestCheckpoint
 
     old, new = tmp_path / "old" / "checkpoints", tmp_path / "new" / "checkpoints"
     new.mkdir(parents=True)

@@ -29,7 +29,7 @@ def training_state(backbone: str, stride: int, classes: int = 21) -> dict[str, A
 def bench_checkpoint(backbones: list[str], stride: int, repeats: int, folder: Path) -> list[dict[str, Any]]:
     from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-    from segframe.resume import AtomicCheckpointIO
+    from segframe.checkpointing import AtomicCheckpointIO
 
     writers = {"lightning": TorchCheckpointIO(), "atomic": AtomicCheckpointIO()}
     rows = []
