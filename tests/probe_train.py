@@ -29,7 +29,7 @@ _sleep = float(os.environ.get("PROBE_STEP_SLEEP", "0"))
 def training_step(self, batch, batch_idx):
     if _log is not None:
         images = batch[0].cpu().numpy()
-        _log.write(json.dumps({"epoch": self.current_epoch, "batch": batch_idx, "step": self.global_step,
+        _log.write(json.dumps({"epoch": self.current_epoch, "batch": batch_idx, "step": self.global_step, "t": time.time(),
                                "images": [hashlib.sha1(im.tobytes()).hexdigest()[:16] for im in images]}) + "\n")
         _log.flush()
     if _sleep:
