@@ -51,6 +51,19 @@ def run(job: Callable[[], T]) -> T:
         fail(message, f"{type(exc).__name__}: {message}")
 
 
+def this_command(entry: str, *extra: str) -> str:
+    """`python -m segframe.<entry>` with this run's command-line overrides, as pasteable shell words;
+    `extra` overrides are added, replacing any given for the same keys."""
+    import shlex
+
+    from hydra.core.hydra_config import HydraConfig
+
+    given = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    keys = {e.split("=", 1)[0].lstrip("+") for e in extra}
+    kept = [o for o in given if o.split("=", 1)[0].lstrip("+~") not in keys]
+    return " ".join([f"python -m segframe.{entry}"] + [shlex.quote(o) for o in kept + list(extra)])
+
+
 def fail(message: str, logged: str | None = None) -> NoReturn:
     """Print a user error as one paragraph (and record it in the run's log file); exit 1."""
     _log_to_files(logged or message)

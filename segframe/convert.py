@@ -14,7 +14,7 @@ from segframe.cli import run
 def main(cfg: DictConfig) -> None:
     from pathlib import Path
 
-    from segframe.workflow import convert
+    from segframe.conversion import convert
 
     code = run(lambda: convert(cfg, Path(HydraConfig.get().runtime.output_dir)))
     if code:

@@ -88,7 +88,8 @@ def predict_files(module: Any, files: list[Path], out_dir: Path, alpha: float = 
 
 def predict(cfg: DictConfig, run_dir: Path) -> int:
     """Entry logic of `python -m segframe.predict`; returns the exit code."""
-    from segframe.workflow import check_keys, inference_options, load_checkpoint, module_from_checkpoint
+    from segframe.config import check_keys
+    from segframe.workflow import inference_options, load_checkpoint, module_from_checkpoint
 
     check_keys(cfg, "predict")
     files = list_inputs(str(cfg.input))

@@ -1,13 +1,11 @@
-"""What the entry points do: convert, train (fit -> evaluate best -> report), evaluate.
+"""What the train and eval entry points do: train (fit -> evaluate best -> report), evaluate.
 
-This is the one place that reads the composed config; every component below it is
-built from its own config node (`_target_` + plain arguments).
+With conversion.py (convert), the one place that reads the composed config; every component
+below it is built from its own config node (`_target_` + plain arguments).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -17,177 +15,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from segframe.data.remote import is_remote, locate, refuse_write
-from segframe.data.shards import (MANIFEST, ConversionInProgress, ManifestError, read_manifest, split_info, verify,
-                                  wait_for_conversion, write_dataset)
-from segframe.paths import CONF_DIR
+from segframe.config import ConfigError, check_keys, plain
+from segframe.conversion import check_labelled, convert_command, ensure_converted
+from segframe.data.remote import locate
+from segframe.data.shards import MANIFEST, split_info
 
 log = logging.getLogger("segframe")
-
-
-class ConfigError(ValueError):
-    """A config the user composed that cannot work."""
-
-
-def plain(cfg: DictConfig) -> Any:
-    """Resolved plain containers: what checkpoints and JSON may hold (never OmegaConf objects)."""
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
-def check_keys(cfg: DictConfig, primary: str) -> None:
-    """Reject top-level keys the primary config does not define (`+typo=1` bypasses struct mode)."""
-    base = OmegaConf.load(CONF_DIR / f"{primary}.yaml")
-    known = {k for k in base if k not in ("defaults", "hydra")}
-    for entry in base.get("defaults", []):
-        if isinstance(entry, (dict, DictConfig)):
-            known.update(str(k).lstrip("+~").split("@")[0] for k in entry)
-    unknown = sorted(set(cfg) - known - {"hydra"})
-    if unknown:
-        raise ConfigError(
-            f"unknown config key(s) {unknown} for `python -m segframe.{primary}`; known top-level keys: "
-            f"{sorted(known)}. Check the spelling; `--cfg job` prints the composed config."
-        )
-
-
-def convert_command(data: DictConfig) -> str:
-    """The convert command for `data` as composed now: its config file, and the dataset name when
-    that differs (`data=folder data.name=cells`)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    choice = HydraConfig.get().runtime.choices.get("data") if HydraConfig.initialized() else None
-    choice = choice or data.name
-    return f"python -m segframe.convert data={choice}" + (f" data.name={data.name}" if choice != data.name else "")
-
-
-# --------------------------------------------------------------------------- convert
-
-
-def convert_dataset(data: DictConfig, num_workers: int = 0, on_bad: str = "error", source: Any = None) -> dict[str, Any]:
-    from segframe.data.sources.files import bit_palette
-
-    source = source if source is not None else instantiate(data.source)
-    classes = list(data.classes)
-    palette = [list(c) for c in data.palette] if data.get("palette") else bit_palette(len(classes))
-    return write_dataset(source, data.shard_dir, data.name, classes, palette,
-                         shard_size=int(data.get("shard_size", 1000)), num_workers=num_workers, on_bad=on_bad)
-
-
-def convert(cfg: DictConfig, run_dir: Path | None = None) -> int:
-    """Entry logic of `python -m segframe.convert`; returns the exit code."""
-    check_keys(cfg, "convert")
-    data = cfg.data
-    if cfg.verify:
-        problems = verify(data.shard_dir, convert_command(data))
-        for p in problems:
-            print(f"PROBLEM {p}")
-        print(f"verify {data.shard_dir}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
-        if problems:
-            print(f"reconvert it: {convert_command(data)} overwrite=true")
-        return 1 if problems else 0
-    if cfg.browse:
-        return _browse(cfg, run_dir or Path.cwd())
-    refuse_write(data.shard_dir)  # remote locations are read, never converted into
-    source = instantiate(data.source)
-    if (Path(data.shard_dir) / MANIFEST).is_file() and not cfg.overwrite:
-        try:
-            manifest = read_manifest(data.shard_dir)
-        except ManifestError as exc:
-            print(f"existing conversion is unusable ({exc}); converting again")
-        else:
-            counts = {s: v["num_samples"] for s, v in manifest["splits"].items()}
-            print(f"{data.name} is already converted at {data.shard_dir} {counts}; pass overwrite=true to redo it")
-            for line in _stale(manifest, data, source):
-                print(f"  but {line}: pass overwrite=true to convert it again")
-            return 0
-    start = time.time()
-    manifest = convert_dataset(data, num_workers=cfg.num_workers, on_bad=cfg.on_bad, source=source)
-    counts = {s: v["num_samples"] for s, v in manifest["splits"].items()}
-    print(f"converted {data.name} -> {data.shard_dir} {counts} in {time.time() - start:.1f}s"
-          + (f"; skipped {len(manifest['skipped'])} bad sample(s), listed in the manifest" if manifest["skipped"] else ""))
-    print(f"look at it: {convert_command(data)} browse=true")
-    return 0
-
-
-def _stale(manifest: dict[str, Any], data: DictConfig, source: Any) -> list[str]:
-    """How the existing conversion differs from what the config and the raw files would give now."""
-    recorded = manifest.get("source", {})
-    lines = []
-    if list(manifest["classes"]) != list(data.classes):
-        lines.append(f"it has classes {manifest['classes']} and the config now says {list(data.classes)}")
-    options = json.loads(json.dumps(source.options()))  # tuples -> lists, as the manifest holds them
-    # where the raw files live does not change the shards; the fingerprint below sees content changes
-    def settings(opts: Any) -> dict[str, Any]:
-        return {k: v for k, v in (opts or {}).items() if not k.endswith("root")}
-
-    if settings(recorded.get("options")) != settings(options):
-        lines.append(f"it was converted with {recorded.get('options')} and the config now says {options}")
-    try:
-        if _portable(recorded.get("fingerprint")) != _portable(json.loads(json.dumps(source.fingerprint()))):
-            lines.append("the raw files (list files, file count or total size) changed since it was converted")
-    except (OSError, ValueError):
-        pass  # raw data moved or removed after conversion: the shards are all that is needed
-    return lines
-
-
-def _portable(fingerprint: Any) -> Any:
-    """A fingerprint without what moving the raw data changes (roots, absolute or relative paths):
-    list files' hashes, file counts and total bytes remain."""
-    if isinstance(fingerprint, dict):
-        return {k: _portable(v) for k, v in fingerprint.items() if k not in ("root", "listing_sha256", "unpaired_masks")}
-    return fingerprint
-
-
-def _browse(cfg: DictConfig, run_dir: Path) -> int:
-    from segframe.data.browse import browse
-
-    data = cfg.data
-    read_manifest(data.shard_dir, convert_command(data))
-    split = cfg.browse_split or data.get("val_split")
-    out = Path(cfg.browse_file) if cfg.browse_file else run_dir / f"browse-{data.name}-{split}.png"
-    for path in browse(data.shard_dir, split, int(cfg.browse_count), out):
-        print(f"wrote {path}")
-    return 0
-
-
-def check_source_options(data: DictConfig, manifest: dict[str, Any]) -> None:
-    """Shards converted with other converter settings (a split mode, a val size, a seed...) than the
-    config asks for would silently train and evaluate on other splits: refuse them."""
-    recorded = (manifest.get("source") or {}).get("options") or {}
-    try:
-        wanted = {k: v for k, v in plain(data.source).items() if not k.startswith("_")}
-    except Exception:  # noqa: BLE001 (an unresolvable source node: nothing to compare)
-        return
-    differ = {k: (recorded[k], wanted[k]) for k in wanted if k in recorded and not k.endswith(("root", "dir"))
-              and json.dumps(recorded[k], sort_keys=True) != json.dumps(wanted[k], sort_keys=True)}
-    if differ:
-        detail = ", ".join(f"{k}={was!r} (config: {now!r})" for k, (was, now) in differ.items())
-        fix = ("set those data.source options to the recorded values, or point data.shard_dir at a dataset converted "
-               "with yours (convert locally, then upload)" if is_remote(data.shard_dir) else
-               f"reconvert with `{convert_command(data)} overwrite=true`, or set data.shard_dir to another folder")
-        raise ConfigError(f"{locate(data.shard_dir, MANIFEST)} was converted with {detail}; {fix}")
-
-
-def ensure_converted(data: DictConfig) -> dict[str, Any]:
-    """The manifest of `data`; the embedded dataset is converted on first use, others must be.
-    Only into a local directory: a remote location (URL, pipe:) is never converted into."""
-    try:
-        manifest = read_manifest(data.shard_dir, convert_command(data))
-        check_source_options(data, manifest)
-        return manifest
-    except ManifestError:
-        if not data.get("auto_convert", False) or is_remote(data.shard_dir):
-            raise
-    while True:
-        # several processes may start on it at once (DDP ranks under torchrun/srun, joblib sweep
-        # jobs): one converts, the others wait for its lock and read the manifest it wrote
-        wait_for_conversion(data.shard_dir)
-        with contextlib.suppress(ManifestError):  # whoever held the lock may have just finished
-            manifest = read_manifest(data.shard_dir, convert_command(data))
-            check_source_options(data, manifest)
-            return manifest
-        log.info("converting %s into %s (first use)", data.name, data.shard_dir)
-        with contextlib.suppress(ConversionInProgress):  # another process got the lock first: wait for it
-            return convert_dataset(data)
 
 
 # --------------------------------------------------------------------------- train
@@ -230,7 +63,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     resume = find_resume(cfg.resume, run_dir, plain(cfg))
     run_dir = resume.run_dir if resume is not None else run_dir
     pl.seed_everything(cfg.seed, workers=True)
-    ensure_converted(cfg.data)
+    check_labelled(cfg.data, ensure_converted(cfg.data), cfg.datamodule.train_split)
     dm = _datamodule(cfg.data, cfg.datamodule, instantiate(cfg.augmentation.train),
                      instantiate(cfg.augmentation.eval))
     module = SegModule(

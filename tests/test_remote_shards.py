@@ -258,7 +258,7 @@ def test_cli_error_for_an_unreachable_location(tmp_path):
 
 
 def test_convert_refuses_a_remote_location_and_verifies_one(served, tmp_path, capsys):
-    from segframe.workflow import convert
+    from segframe.conversion import convert
 
     root, base = served
     for location in (f"{base}/new", f"'pipe:cat {root}/new/{{name}}'"):  # Hydra needs quotes around '{'

@@ -227,16 +227,21 @@ def _write_splits(source: Source, items: dict[str, list[Any]], tmp: Path, name: 
     return splits, skipped
 
 
+def empty_classes(splits: dict[str, Any], classes: list[str]) -> tuple[list[str], int]:
+    """(classes with no labelled pixel in `splits`, pixels labelled 255 there), from the manifest's
+    per-split counts."""
+    totals = np.sum([info["class_pixels"] for info in splits.values()], axis=0)
+    return [classes[i] for i in np.flatnonzero(totals == 0)], sum(info["ignore_pixels"] for info in splits.values())
+
+
 def _label_warnings(splits: dict[str, Any], classes: list[str]) -> list[str]:
     """Classes no split labels at all: a wrong class list, or masks that store a class as 255
     (binary 0/255 masks), which would otherwise train silently on background only."""
-    totals = np.sum([info["class_pixels"] for info in splits.values()], axis=0)
-    empty = [classes[i] for i in np.flatnonzero(totals == 0)]
+    empty, ignored = empty_classes(splits, classes)
     if not empty:
         return []
-    ignored = sum(info["ignore_pixels"] for info in splits.values())
     hint = (f"; {ignored} pixels are 255 (ignored): if your masks store a class as 255 (e.g. binary 0/255 masks), "
-            "map it, e.g. data.label_map={255: 1} with data=folder" if ignored else "")
+            "map it, e.g. \"data.label_map={255: 1}\" with data=folder" if ignored else "")
     return [f"classes {empty} have no labelled pixels in any split{hint}"]
 
 
@@ -370,7 +375,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def default_convert_hint(location: str | os.PathLike) -> str:
     """The convert command for a dataset known only by where it lives: `<data_dir>/<name>` holds dataset
-    `name` (the callers that know the config pass `workflow.convert_command` instead)."""
+    `name` (the callers that know the config pass `conversion.convert_command` instead)."""
     name = Path(str(location).rstrip("/")).name if not str(location).startswith("pipe:") else ""
     return f"python -m segframe.convert data={name or '<name>'}"
 

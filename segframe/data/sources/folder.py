@@ -129,6 +129,20 @@ class FolderSource:
             raise SampleError(f"mask {path}: colours {shown} are not in data.palette (nor data.void_colours)")
         return np.array([lut[c] for c in colours.tolist()], dtype=np.uint8)[inverse].reshape(code.shape)
 
+    def mask_palette(self, num_classes: int) -> list[list[int]] | None:
+        """The colours of the first mask when it is a palette PNG (as annotation tools save them):
+        the dataset's own colours, for a config that gives no data.palette."""
+        for items in self.splits().values():
+            for _, _, mask in items:
+                if mask is None:
+                    continue
+                with Image.open(mask) as im:
+                    colours = im.getpalette() if im.mode == "P" else None
+                if not colours or len(colours) < 3 * num_classes:
+                    return None
+                return [colours[3 * i:3 * i + 3] for i in range(num_classes)]
+        return None
+
     def options(self) -> dict[str, Any]:
         return {"root": str(self.root), "images": self.image_dir, "masks": self.mask_dir,
                 "mask_format": self.mask_format, "palette": self.palette, "void_colours": self.void_colours,
