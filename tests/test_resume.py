@@ -148,6 +148,7 @@ def test_mid_epoch_resume_sees_every_sample_of_the_interrupted_epoch_once(refere
     assert val_rows(run) == val_rows(uninterrupted)
 
 
+@pytest.mark.slow  # the in-process atomic-write test below checks the same mechanism in the default run
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint(reference, tmp_path):
     data, _, _ = reference
     run, first, second = tmp_path / "run", tmp_path / "first.jsonl", tmp_path / "second.jsonl"

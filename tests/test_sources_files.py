@@ -95,9 +95,10 @@ def test_cli_folder_dataset_under_its_own_name(tmp_path):
         Image.fromarray(np.full((8, 10, 3), 40 * i, np.uint8)).save(root / "images" / f"c{i}.png")
         Image.fromarray((np.arange(80).reshape(8, 10) % 2).astype(np.uint8)).save(root / "masks" / f"c{i}.png")
     common = ["data=folder", "data.name=cells", f"data.root={root}", f"paths.data_dir={tmp_path / 'data'}"]
-    first = run_cli("convert", *common, "data.classes=[bg,cell]", "data.val_fraction=0.25", cwd=tmp_path)
+    env = {"SEGFRAME_DATA": str(tmp_path / "data")}  # where the described data config goes
+    first = run_cli("convert", *common, "data.classes=[bg,cell]", "data.val_fraction=0.25", cwd=tmp_path, env=env)
     assert first.returncode == 0, first.stderr
-    assert "look at it: python -m segframe.convert data=folder data.name=cells browse=true" in first.stdout
-    again = run_cli("convert", *common, "data.classes=[bg,nucleus]", "data.val_fraction=0.25", cwd=tmp_path)
+    assert "look at it: python -m segframe.convert data=cells browse=true" in first.stdout
+    again = run_cli("convert", *common, "data.classes=[bg,nucleus]", "data.val_fraction=0.25", cwd=tmp_path, env=env)
     assert again.returncode == 0 and "already converted" in again.stdout
     assert "it has classes ['bg', 'cell'] and the config now says ['bg', 'nucleus']" in again.stdout
