@@ -177,3 +177,28 @@ def test_a_described_dataset_may_not_take_a_shipped_name(tmp_path):
                   env={"SEGFRAME_DATA": str(tmp_path / "data")}, cwd=tmp_path)
     assert res.returncode == 1 and "segframe ships a dataset of that name" in res.stderr
     assert "data.name=my_voc" in res.stderr and not (tmp_path / "data").exists()
+
+
+def test_training_repeats_the_empty_class_warning_and_refuses_background_only(caplog):
+    import logging
+
+    from omegaconf import OmegaConf
+
+    from segframe.config import ConfigError
+    from segframe.conversion import check_labelled
+
+    def manifest(pixels: list[int], ignored: int) -> dict:
+        return {"classes": ["background", "cell", "debris"],
+                "splits": {"train": {"num_samples": 4, "shards": [], "class_pixels": pixels, "ignore_pixels": ignored}}}
+
+    folder = OmegaConf.create({"name": "cells", "shard_dir": "/x/cells", "label_map": None, "allow_empty_classes": False})
+    with caplog.at_level(logging.WARNING, logger="segframe"):
+        check_labelled(folder, manifest([900, 50, 0], 0), "train")  # one class empty: train, but say so
+    assert "classes ['debris'] of cells have no labelled pixels in its train split" in caplog.text
+    with pytest.raises(ConfigError, match=r'"data\.label_map=\{255: 1\}" overwrite=true`.*'
+                                          r"pass data\.allow_empty_classes=true"):
+        check_labelled(folder, manifest([900, 0, 0], 120), "train")
+    check_labelled(OmegaConf.merge(folder, {"allow_empty_classes": True}), manifest([900, 0, 0], 120), "train")
+    shipped = OmegaConf.create({"name": "kvasir_seg", "shard_dir": "/x/k"})  # no such keys in its config
+    with pytest.raises(ConfigError, match=r"check data\.classes.*pass \+data\.allow_empty_classes=true"):
+        check_labelled(shipped, manifest([900, 0, 0], 0), "train")

@@ -170,6 +170,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint(referen
     assert not list(ckpts.glob(".*.partial"))
 
 
+@pytest.mark.slow
 def test_slurm_requeue_signal_saves_requeues_and_the_same_command_resumes(reference, tmp_path):
     """What a job with `#SBATCH --signal=SIGUSR1@90` meets at its time limit, with a stand-in scontrol."""
     data, uninterrupted, _ = reference

@@ -61,7 +61,7 @@ class FolderSource:
         if self._items is not None:
             return self._items
         require("folder", self.root, [self.image_dir, self.mask_dir, *map(str, self.split_lists.values())],
-                None, LAYOUT.format(images=", ".join(IMAGE_EXTS)), command_args="data.classes=[...]")
+                None, LAYOUT.format(images=", ".join(IMAGE_EXTS)), command_args='"data.classes=[...]"')
         items, orphans = pairs_by_stem(self.root / self.image_dir, self.root / self.mask_dir, IMAGE_EXTS, MASK_EXTS)
         self.unpaired_masks = [str(p) for p in orphans]
         if not items:
