@@ -71,7 +71,10 @@ def find_resume(resume: str | None, run_dir: Path, config: dict[str, Any]) -> Re
     log.info("resuming %s from %s (%d epochs and %d optimizer steps done)", owner, path, epoch, step)
     changed = config_changes(before, config)
     if changed:
-        log.warning("resuming with settings that differ from the run's own: %s", "; ".join(changed))
+        longer = any(c.startswith(("trainer.max_epochs", "trainer.max_steps")) for c in changed)
+        log.warning("resuming with settings that differ from the run's own: %s%s", "; ".join(changed),
+                    " (the LR schedule continues as the run set it up: past its old end a poly schedule stays at 0)"
+                    if longer else "")
     return ResumePoint(path=path, run_dir=owner, epoch=epoch, step=step)
 
 
