@@ -322,3 +322,36 @@ def test_a_resumed_epoch_yields_the_rest_of_its_seeded_order(tiny_shapes, worker
     assert passes({"epoch": 1, "batches_done": 3}, 0) == [fresh[0][3:], fresh[1]]
     # a checkpoint from the end of epoch 0: the loader starts at epoch 1
     assert passes({"epoch": 0, "batches_done": 6}, 0) == fresh
+
+
+@pytest.mark.slow
+def test_ddp_mid_epoch_resume_equals_the_uninterrupted_run(tmp_path):
+    """2 gloo ranks x 2 loader workers, a checkpoint after every step. The run directory is copied
+    when last.ckpt holds step 3 (epoch 1 after its first batch: an odd count, so the workers rotate);
+    the copy, resumed, ends exactly as the run it was taken from."""
+    import shutil
+
+    from test_scale import DDP
+
+    args = [*DDP, "augmentation=none", "trainer.max_epochs=3", "checkpoint.every_n_steps=1",
+            f"paths.data_dir={tmp_path / 'data'}"]
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    run, copy = tmp_path / "run", tmp_path / "copy"
+    proc = subprocess.Popen([sys.executable, "-m", "segframe.train", *args, f"hydra.run.dir={run}"], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while proc.poll() is None and not copy.exists():
+        try:
+            step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)["global_step"]
+        except (FileNotFoundError, RuntimeError, KeyError):
+            step = None
+        if step == 3:
+            shutil.copytree(run, copy)
+        time.sleep(0.02)
+    assert proc.wait(timeout=300) == 0 and copy.exists(), "no copy taken at step 3"
+    res = subprocess.run([sys.executable, "-m", "segframe.train", *args, f"resume={copy / 'checkpoints' / 'last.ckpt'}",
+                          f"hydra.run.dir={tmp_path / 'hydra'}"], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert metrics(copy)["steps"] == metrics(run)["steps"] == 6
+    assert metrics(copy)["confusion_matrix"] == metrics(run)["confusion_matrix"]
+    assert val_rows(copy) == val_rows(run)
