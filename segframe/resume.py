@@ -8,8 +8,8 @@ The checkpoints themselves are written by checkpointing.py.
 from __future__ import annotations
 
 import csv
+import io
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from segframe.atomic import write_text_atomic
 from segframe.checkpointing import LAST, PARTIAL
 
 log = logging.getLogger("segframe")
@@ -32,7 +33,6 @@ class ResumeError(ValueError):
 class ResumePoint:
     path: Path        # the checkpoint
     run_dir: Path     # the run it continues: logs, checkpoints and report go there
-    epoch: int        # epochs trained
     step: int         # optimizer steps completed; logs at this step and later are logged again
 
 
@@ -75,7 +75,7 @@ def find_resume(resume: str | None, run_dir: Path, config: dict[str, Any]) -> Re
         log.warning("resuming with settings that differ from the run's own: %s%s", "; ".join(changed),
                     " (the LR schedule continues as the run set it up: past its old end a poly schedule stays at 0)"
                     if longer else "")
-    return ResumePoint(path=path, run_dir=owner, epoch=epoch, step=step)
+    return ResumePoint(path=path, run_dir=owner, step=step)
 
 
 def _clean(folder: Path) -> None:
@@ -115,12 +115,11 @@ class _ContinuedCSV(ExperimentWriter):
             reader = csv.DictReader(f)
             keys, rows = list(reader.fieldnames or []), list(reader)
         kept = [r for r in rows if not r.get("step") or int(float(r["step"])) < self.before_step]
-        partial = path.with_name(f".{path.name}{PARTIAL}")
-        with open(partial, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(kept)
-        os.replace(partial, path)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(kept)
+        write_text_atomic(path, text.getvalue())
         self.metrics_keys = keys  # later rows append under the same header
 
 

@@ -249,7 +249,7 @@ def test_continued_csv_keeps_the_rows_before_the_checkpoint(tmp_path):
     first.log_metrics({"val/miou": 0.5, "epoch": 0}, step=4)
     first.save()
     resumed = CSVLogger(str(tmp_path), name="logs", version="")
-    continue_logs([resumed], ResumePoint(tmp_path / "last.ckpt", tmp_path, epoch=1, step=5))
+    continue_logs([resumed], ResumePoint(tmp_path / "last.ckpt", tmp_path, step=5))
     resumed.log_metrics({"train/loss": 50.0, "lr": 0.1}, step=5)  # a new column too
     resumed.save()
     rows = list(csv.DictReader(open(tmp_path / "logs" / "metrics.csv")))

@@ -7,7 +7,6 @@ and nothing inside the installed package is edited.
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from segframe.atomic import write_text_atomic
 from segframe.data.remote import is_remote
 from segframe.paths import CONF_DIR, user_conf_dir
 
@@ -56,7 +56,5 @@ def describe(data: DictConfig, command: str) -> Path:
     header = (f"# Dataset {data.name}, described by segframe's converter on {datetime.now():%Y-%m-%d %H:%M} from:\n"
               f"#   {command}\n# Use it as data={data.name}; edit it here, then convert again with "
               f"`python -m segframe.convert data={data.name} overwrite=true`.\n")
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(header + OmegaConf.to_yaml(OmegaConf.create(node)))
-    os.replace(partial, path)
+    write_text_atomic(path, header + OmegaConf.to_yaml(OmegaConf.create(node)))
     return path

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from webdataset import TarWriter
 from webdataset.tariterators import base_plus_ext
 
+from segframe.atomic import write_text_atomic
 from segframe.data.remote import (LocationError, RemoteError, check_name, is_remote, locate, open_stream, read_bytes,
                                   refuse_write)
 from segframe.data.sample import IGNORE_INDEX, SampleError, decode_sample, encode_sample
@@ -355,9 +356,7 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    part = path.with_name(path.name + ".part")
-    part.write_text(json.dumps(data, indent=1))
-    os.replace(part, path)
+    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
