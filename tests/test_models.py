@@ -202,7 +202,7 @@ def test_staged_init_from_coarser(tmp_path, caplog) -> None:
     ckpt = tmp_path / "fcn32s.ckpt"
     torch.save({"epoch": 3, "state_dict": {"model." + k: v for k, v in fcn32.state_dict().items()}}, ckpt)
 
-    with caplog.at_level(logging.INFO, logger="segframe.models.fcn"):
+    with caplog.at_level(logging.INFO, logger="segframe.models"):
         fcn16 = FCN(NUM_CLASSES, stride=16, backbone="resnet18", init_from=str(ckpt)).eval()
     assert "copied" in caplog.text and "score_s16.weight" in caplog.text
     s16, s32 = fcn16.state_dict(), fcn32.state_dict()

@@ -1,5 +1,6 @@
-"""Segmentation models: FCN-32s/16s/8s on VGG16 / ResNet backbones."""
+"""Segmentation models: FCN-32s/16s/8s, dilated FCN, and segmentation_models_pytorch's families."""
 
-from segframe.models.fcn import FCN, load_matching_weights
+from segframe.models.base import SegmentationModel, load_matching_weights
+from segframe.models.fcn import FCN
 
-__all__ = ["FCN", "load_matching_weights"]
+__all__ = ["FCN", "SegmentationModel", "load_matching_weights"]
