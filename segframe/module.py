@@ -9,12 +9,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from segframe.data.sample import IGNORE_INDEX
+from segframe import losses
 from segframe.inference import check_options, infer
-from segframe.metrics import ConfusionMatrix, scores, summary_keys
+from segframe.metrics import ConfusionMatrix, PerImageScores, image_scores, scores, summary_keys
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:
@@ -65,17 +64,27 @@ class SegModule(pl.LightningModule):
         config: dict[str, Any] | None = None,
         channels_last: bool = False,
         torch_compile: bool = False,
+        loss: Callable[..., nn.Module] | None = None,
+        loss_config: dict[str, Any] | None = None,
     ):
         """`optimizer`/`scheduler` are factories (Hydra `_partial_`); `model_config` (the model's
         plain-dict config) is stored so eval can rebuild the model from the checkpoint alone.
         Speed knobs (numerics unchanged up to float rounding): `channels_last` stores weights and
         inputs NHWC (tensor-core friendly convolutions); `torch_compile` runs the training forward through
-        `torch.compile` (evaluation stays eager: whole images of many sizes would recompile)."""
+        `torch.compile` (evaluation stays eager: whole images of many sizes would recompile).
+        `loss` is a loss factory (conf/loss, Hydra `_partial_`, see segframe.losses), called as
+        `loss(weight=<class weights or None>, reduction=loss_reduction)`; None: the factory of
+        `loss_config` (a checkpoint's), else cross entropy. `loss_config` is then set to the
+        factory's plain config, so a checkpoint rebuilds the same loss."""
         super().__init__()
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction must be 'mean' (over valid pixels) or 'sum' (the paper's), got {loss_reduction!r}")
+        if loss is None:
+            loss = losses.factory_from(loss_config) if loss_config else losses.CrossEntropy
+        # save_hyperparameters stores the arguments' current values: the factory's plain config
+        loss_config = losses.config_of(loss)
         # plain types only: checkpoints must load with torch.load(weights_only=True)
-        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler", "loss"])
         self.model = model
         self.channels_last, self.torch_compile = channels_last, torch_compile
         if channels_last:
@@ -89,13 +98,21 @@ class SegModule(pl.LightningModule):
         # a buffer: moves with the module to the GPU; not persistent, it is rebuilt from the hparams
         self.register_buffer("class_weight", torch.tensor(weights, dtype=torch.float32) if weights else None,
                              persistent=False)
+        # validates its arguments (e.g. a region loss refuses loss_reduction=sum) before any work
+        self.criterion = loss(weight=weights, reduction=loss_reduction)
         # test-time options of segframe.inference.infer (scales, flip, mode, crop, stride); the
         # validation during training always runs whole images, once
         self.inference = dict(inference or {})
         check_options(**self.inference)
         self.val_cm = ConfusionMatrix(len(self.classes))
         self.test_cm = ConfusionMatrix(len(self.classes))
+        # per-image Dice/IoU (medical convention), beside each dataset-level matrix; class 0
+        # named "background" is left out of their means
+        skip_background = bool(self.classes) and self.classes[0].lower() == "background"
+        self.val_img_scores = PerImageScores(len(self.classes), skip_background=skip_background)
+        self.test_img_scores = PerImageScores(len(self.classes), skip_background=skip_background)
         self.last_confmat: dict[str, torch.Tensor] = {}
+        self.last_image_scores: dict[str, dict[str, Any]] = {}  # image_scores() of the last epoch, per stage
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(self._input(images))
@@ -124,14 +141,8 @@ class SegModule(pl.LightningModule):
             and not self.inference.get("flip", False)
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(logits, masks, weight=self.class_weight, ignore_index=IGNORE_INDEX, reduction="sum")
-        if self.loss_reduction == "mean":
-            # mean over valid pixels (weighted: over their weights, as torch's mean does, so class
-            # weighting does not rescale the loss); a crop that is all ignore gives 0, not NaN
-            valid = masks != IGNORE_INDEX
-            total = self.class_weight[masks[valid]].sum() if self.class_weight is not None else valid.sum()
-            loss = loss / total.clamp_min(1e-12 if self.class_weight is not None else 1)
-        return loss
+        """The configured loss (segframe.losses; ignore 255 honoured, all-ignore gives 0)."""
+        return self.criterion(logits, masks)
 
     def on_train_epoch_start(self) -> None:
         # reshuffle shards and samples: workers are restarted each epoch with this value
@@ -149,7 +160,9 @@ class SegModule(pl.LightningModule):
         images, masks = batch
         logits = self(images)
         self.log(f"{stage}/loss", self.loss(logits, masks), on_epoch=True, batch_size=images.shape[0], sync_dist=True)
-        metric.update(logits.argmax(1), masks)
+        preds = logits.argmax(1)
+        metric.update(preds, masks)
+        getattr(self, f"{stage}_img_scores").update(preds, masks)  # per-image Dice/IoU beside the matrix
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, self.val_cm, "val")
@@ -159,7 +172,9 @@ class SegModule(pl.LightningModule):
             self._eval_step(batch, self.test_cm, "test")
             return
         images, masks = batch  # averaged probabilities are not logits: no test loss for these
-        self.test_cm.update(self.predict_scores(images).argmax(1), masks)
+        preds = self.predict_scores(images).argmax(1)
+        self.test_cm.update(preds, masks)
+        self.test_img_scores.update(preds, masks)
 
     def _log_scores(self, metric: ConfusionMatrix, stage: str) -> None:
         confmat = metric.compute()  # summed over ranks: identical everywhere
@@ -168,10 +183,15 @@ class SegModule(pl.LightningModule):
         for name, iou in zip(self.classes, result["per_class_iou"]):
             if not math.isnan(iou):
                 values[f"{stage}/iou_{name}"] = iou
+        image_metric = getattr(self, f"{stage}_img_scores")  # per image, medical convention: own names
+        per_image = image_scores(**image_metric.compute(), skip_background=image_metric.skip_background)
+        values.update({f"{stage}/mdice_img": per_image["mdice_img"], f"{stage}/miou_img": per_image["miou_img"]})
         self.log_dict(values, prog_bar=False)
         self.log(f"{stage}/miou", result["miou"], prog_bar=True)
         self.last_confmat[stage] = confmat.detach().cpu()
+        self.last_image_scores[stage] = per_image
         metric.reset()
+        image_metric.reset()
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores(self.val_cm, "val")

@@ -68,6 +68,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
                      instantiate(cfg.augmentation.eval))
     module = SegModule(
         model=instantiate(cfg.model), optimizer=instantiate(cfg.optimizer),
+        loss=instantiate(cfg.loss) if cfg.get("loss") else None,  # conf/loss: a factory, None: cross entropy
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         classes=dm.classes, palette=dm.palette, **plain(cfg.module),
         class_pixels=split_info(dm.manifest, dm.train_split, dm.shard_dir)["class_pixels"],  # for class_weighting
@@ -118,10 +119,13 @@ def _write(run_dir: Path, module: Any, dm: Any, split: str, ckpt: str, examples:
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     info = {"dataset": dm.manifest["name"], "split": split, "checkpoint": str(ckpt),
             "num_samples": dm.manifest["splits"][split]["num_samples"], "inference": module.inference, **extra}
-    metrics = write_report(run_dir, module.last_confmat["test"], dm.classes, dm.palette, info, examples)
+    metrics = write_report(run_dir, module.last_confmat["test"], dm.classes, dm.palette, info, examples,
+                           image_result=module.last_image_scores.get("test"))
     print(f"\n{info['dataset']} {split} ({info['num_samples']} images):\n" + (run_dir / "per_class.md").read_text())
-    log.info("%s %s: mIoU %.2f  mean acc %.2f  pixel acc %.2f  fwIoU %.2f  (report in %s)", info["dataset"], split,
-             *(100 * (metrics[k] or 0) for k in ("miou", "mean_acc", "pixel_acc", "fwiou")), run_dir)
+    log.info("%s %s: mIoU %.2f  mDice %.2f  mean acc %.2f  pixel acc %.2f  fwIoU %.2f  | per image: mIoU %.2f  "
+             "mDice %.2f  (report in %s)", info["dataset"], split,
+             *(100 * (metrics[k] or 0) for k in ("miou", "mdice", "mean_acc", "pixel_acc", "fwiou", "miou_img",
+                                                  "mdice_img")), run_dir)
     return metrics
 
 
@@ -149,7 +153,8 @@ def module_from_checkpoint(ckpt: dict[str, Any], inference: dict[str, Any]) -> A
     hp = ckpt["hyper_parameters"]
     model_cfg = {**hp["model_config"], "pretrained": False, "init_from": None}  # weights come from the checkpoint
     module = SegModule(model=instantiate(model_cfg), optimizer=None, scheduler=None, classes=hp["classes"],
-                       palette=hp["palette"], model_config=model_cfg, inference=inference)
+                       palette=hp["palette"], model_config=model_cfg, inference=inference,
+                       loss_config=hp.get("loss_config"))  # the trained loss, for val/test loss (None: CE)
     module.load_state_dict(ckpt["state_dict"])
     return module
 
