@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from segframe.data.sample import IGNORE_INDEX
-from segframe.metrics import scores, summary_keys
+from segframe.metrics import image_summary_keys, scores, summary_keys
 from segframe.paths import REPO_ROOT
 
 IGNORE_COLOUR = (255, 255, 255)
@@ -41,20 +41,45 @@ def _json_number(v: Any) -> Any:
     return None if isinstance(v, float) and math.isnan(v) else v  # JSON has no NaN
 
 
-def per_class_rows(result: dict[str, Any], classes: Sequence[str]) -> list[dict[str, Any]]:
-    return [
-        {"class": name, "iou": iou, "acc": acc, "gt_pixels": px}
-        for name, iou, acc, px in zip(classes, result["per_class_iou"], result["per_class_acc"], result["gt_pixels"])
+SUMMARY_HEADERS = {"miou": "mIoU %", "mdice": "mDice %", "mean_acc": "mean acc %", "pixel_acc": "pixel acc %",
+                   "fwiou": "fwIoU %", "miou_img": "mIoU per image %", "mdice_img": "mDice per image %"}
+
+
+def per_class_rows(result: dict[str, Any], classes: Sequence[str],
+                   image_result: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One dict per class: dataset-level iou, dice, precision, recall (= acc, kept under both
+    names), gt_pixels; with `image_result` (metrics.image_scores) also dice_img and iou_img."""
+    rows = [
+        {"class": name, "iou": iou, "dice": dice, "precision": prec, "recall": acc, "acc": acc, "gt_pixels": px}
+        for name, iou, dice, prec, acc, px in zip(classes, result["per_class_iou"], result["per_class_dice"],
+                                                  result["per_class_precision"], result["per_class_acc"],
+                                                  result["gt_pixels"])
     ]
+    if image_result is not None:
+        for row, dice_img, iou_img in zip(rows, image_result["per_class_dice_img"], image_result["per_class_iou_img"]):
+            row.update(dice_img=dice_img, iou_img=iou_img)
+    return rows
 
 
-def markdown_table(result: dict[str, Any], classes: Sequence[str]) -> str:
-    """Per-class IoU / accuracy in percent with two decimals, then the four summary scores."""
-    lines = ["| class | IoU % | acc % | gt pixels |", "| --- | ---: | ---: | ---: |"]
+def markdown_table(result: dict[str, Any], classes: Sequence[str], image_result: dict[str, Any] | None = None) -> str:
+    """Per-class IoU / Dice / precision / recall in percent with two decimals, the dataset-level
+    summary scores, then (with `image_result`) the per-image ones in a table of their own."""
+    lines = ["| class | IoU % | Dice % | precision % | recall (acc) % | gt pixels |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for row in per_class_rows(result, classes):
-        lines.append(f"| {row['class']} | {percent(row['iou'])} | {percent(row['acc'])} | {row['gt_pixels']} |")
-    lines += ["", "| mIoU % | mean acc % | pixel acc % | fwIoU % |", "| ---: | ---: | ---: | ---: |",
+        lines.append(f"| {row['class']} | {percent(row['iou'])} | {percent(row['dice'])} | "
+                     f"{percent(row['precision'])} | {percent(row['recall'])} | {row['gt_pixels']} |")
+    lines += ["", "| " + " | ".join(SUMMARY_HEADERS[k] for k in summary_keys()) + " |",
+              "| " + " | ".join("---:" for _ in summary_keys()) + " |",
               "| " + " | ".join(percent(result[k]) for k in summary_keys()) + " |"]
+    if image_result is not None:
+        excluded = ", background excluded" if image_result.get("skip_background") else ""
+        lines += ["", "Above: dataset-level (one confusion matrix over all pixels). Below: per image (Dice/IoU of "
+                      f"each image, averaged over the images that contain the class, then over classes; medical "
+                      f"convention{excluded}).",
+                  "", "| " + " | ".join(SUMMARY_HEADERS[k] for k in image_summary_keys()) + " |",
+                  "| " + " | ".join("---:" for _ in image_summary_keys()) + " |",
+                  "| " + " | ".join(percent(image_result[k]) for k in image_summary_keys()) + " |"]
     return "\n".join(lines) + "\n"
 
 
@@ -65,19 +90,64 @@ def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
     return lut[mask]
 
 
-def prediction_grid(images: Sequence[np.ndarray], gts: Sequence[np.ndarray], preds: Sequence[np.ndarray],
-                    palette: Sequence[Sequence[int]], path: Path) -> None:
-    """One row per sample: image | ground truth | prediction, in the dataset palette (void white)."""
-    from PIL import Image
+def _font() -> Any:
+    from PIL import ImageFont
 
-    rows = []
-    width = max(im.shape[1] for im in images) * 3 + 8
+    try:  # Pillow >= 10.1 ships a scalable default font; older ones a fixed bitmap one
+        return ImageFont.load_default(size=14)
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def prediction_grid(images: Sequence[np.ndarray], gts: Sequence[np.ndarray], preds: Sequence[np.ndarray],
+                    palette: Sequence[Sequence[int]], path: Path, classes: Sequence[str] | None = None,
+                    min_cell: int = 192) -> None:
+    """A header row (image | ground truth | prediction), one row per sample in the dataset palette
+    (void white), and a legend of every class colour. Small images are enlarged by a whole factor
+    (nearest neighbour) so that each cell is at least `min_cell` px on its short side."""
+    from PIL import Image, ImageDraw
+
+    font, gap, pad = _font(), 8, 6
+    cells = []
     for im, gt, pr in zip(images, gts, preds):
-        row = np.concatenate([im, np.full((im.shape[0], 4, 3), 255, np.uint8), colorize(gt, palette),
-                              np.full((im.shape[0], 4, 3), 255, np.uint8), colorize(pr, palette)], axis=1)
-        row = np.pad(row, ((0, 4), (0, width - row.shape[1]), (0, 0)), constant_values=255)
-        rows.append(row)
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+        factor = max(1, math.ceil(min_cell / max(1, min(im.shape[:2]))))
+        cells.append([a.repeat(factor, 0).repeat(factor, 1) for a in (im, colorize(gt, palette), colorize(pr, palette))])
+    column = max(c[0].shape[1] for c in cells)
+    width = 3 * column + 2 * gap + 2  # 1 px each side for the frames
+    line = font.getbbox("Ag")[3] + 6  # height of one line of text
+    names = list(classes) if classes is not None else [f"class {i}" for i in range(len(palette))]
+    items = [(tuple(int(v) for v in colour), name) for name, colour in zip(names, palette)] + [(IGNORE_COLOUR, "ignore")]
+    swatch, x, legend = line - 6, pad, [[]]  # legend: lines of (x, colour, name)
+    for colour, name in items:
+        item = swatch + 4 + int(font.getbbox(name)[2])
+        if x > pad and x + item > width - pad:
+            legend.append([])
+            x = pad
+        legend[-1].append((x, colour, name))
+        x += item + 14
+    top = line + 4
+    height = top + sum(c[0].shape[0] + gap for c in cells) + pad + len(legend) * line + pad
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    frames, y = [], top  # a thin grey frame around each cell: void (white) stays visible at the edges
+    for row in cells:
+        for i, cell in enumerate(row):
+            x = 1 + i * (column + gap)
+            canvas[y:y + cell.shape[0], x:x + cell.shape[1]] = cell
+            frames.append([x - 1, y - 1, x + cell.shape[1], y + cell.shape[0]])
+        y += row[0].shape[0] + gap
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
+    for frame in frames:
+        draw.rectangle(frame, outline=(190, 190, 190))
+    for i, title in enumerate(("image", "ground truth", "prediction")):
+        draw.text((1 + i * (column + gap) + (column - font.getbbox(title)[2]) // 2, 2), title, fill=(0, 0, 0), font=font)
+    y += pad
+    for entries in legend:
+        for x, colour, name in entries:
+            draw.rectangle([x, y + 2, x + swatch, y + 2 + swatch], fill=colour, outline=(96, 96, 96))
+            draw.text((x + swatch + 4, y), name, fill=(0, 0, 0), font=font)
+        y += line
+    picture.save(path)
 
 
 def confusion_plot(confmat: np.ndarray, classes: Sequence[str], path: Path) -> None:
@@ -133,28 +203,33 @@ def predict_examples(module: torch.nn.Module, loader: Any, count: int) -> tuple[
 
 def write_report(run_dir: str | Path, confmat: torch.Tensor | np.ndarray, classes: Sequence[str],
                  palette: Sequence[Sequence[int]], info: dict[str, Any],
-                 examples: tuple[list, list, list] | None = None) -> dict[str, Any]:
-    """Write metrics.json, per_class.{md,csv}, confusion_matrix.png, predictions.png; return the metrics."""
+                 examples: tuple[list, list, list] | None = None,
+                 image_result: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write metrics.json, per_class.{md,csv}, confusion_matrix.png, predictions.png; return the metrics.
+    `image_result` (metrics.image_scores, e.g. SegModule.last_image_scores["test"]) adds the
+    per-image scores (mdice_img, miou_img; per class dice_img, iou_img); without it they are null."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cm = confmat.cpu().numpy() if isinstance(confmat, torch.Tensor) else np.asarray(confmat)
     result = scores(cm)
+    rows = per_class_rows(result, classes, image_result)
     metrics = {
         **{k: _json_number(result[k]) for k in summary_keys()},
-        "per_class": {r["class"]: {k: _json_number(v) for k, v in r.items() if k != "class"}
-                      for r in per_class_rows(result, classes)},
+        **{k: _json_number(image_result[k]) if image_result is not None else None for k in image_summary_keys()},
+        "per_image_excludes_background": bool(image_result["skip_background"]) if image_result is not None else None,
+        "per_class": {r["class"]: {k: _json_number(v) for k, v in r.items() if k != "class"} for r in rows},
         "classes": list(classes),
         "confusion_matrix": cm.astype(np.int64).tolist(),
         "git_commit": git_commit(),
         **info,
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    (run_dir / "per_class.md").write_text(markdown_table(result, classes))
+    (run_dir / "per_class.md").write_text(markdown_table(result, classes, image_result))
     with open(run_dir / "per_class.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["class", "iou", "acc", "gt_pixels"])
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["class"])
         writer.writeheader()
-        writer.writerows(per_class_rows(result, classes))
+        writer.writerows(rows)
     confusion_plot(cm, classes, run_dir / "confusion_matrix.png")
     if examples is not None and examples[0]:
-        prediction_grid(*examples, palette, run_dir / "predictions.png")
+        prediction_grid(*examples, palette, run_dir / "predictions.png", classes=classes)
     return metrics

@@ -22,9 +22,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from segframe.metrics import summary_keys
 from segframe.paths import EXPERIMENTS_DIR
 
-METRICS = ("miou", "mean_acc", "pixel_acc", "fwiou")
+METRICS = tuple(summary_keys())  # a reference may lack some (e.g. mdice): those print "-" and judge nothing
 
 
 def experiments_dir() -> Path:
@@ -93,7 +94,7 @@ def train_run(name: str, seed: int, out: Path, overrides: list[str], log: Any = 
     log(f"{name} seed {seed}: mIoU {100 * (metrics['miou'] or 0):.2f} in {wall:.0f} s")
     return {"seed": seed, "ok": True, "run_dir": str(run_dir), "wall_s": wall,
             "git_commit": metrics.get("git_commit"), "steps": metrics.get("steps"),
-            "init_from": extra[0].split("=", 1)[1] if extra else None, **{k: metrics[k] for k in METRICS}}
+            "init_from": extra[0].split("=", 1)[1] if extra else None, **{k: metrics.get(k) for k in METRICS}}
 
 
 def compare(reference: DictConfig | None, runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -13,10 +13,11 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from segframe.metrics import summary_keys
 from segframe.paths import EXPERIMENTS_DIR, REPO_ROOT
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-METRICS = ("miou", "mean_acc", "pixel_acc", "fwiou")
+METRICS = tuple(summary_keys())  # "-" where a reference or a run lacks one (runs before mDice existed)
 
 
 def _pct(v: Any) -> str:
@@ -52,7 +53,7 @@ def row(name: str, experiment: Any, result: dict[str, Any] | None) -> str:
 
 def table(experiments_dir: Path = EXPERIMENTS_DIR) -> str:
     lines = [
-        "| experiment | recipe | evaluated on | reported mIoU / mean acc / pixel acc / fwIoU % | source of the reported "
+        "| experiment | recipe | evaluated on | reported mIoU / mDice / mean acc / pixel acc / fwIoU % | source of the reported "
         "numbers | reproduced here (mean over seeds) | Δ mIoU | verdict | wall time per run |",
         "| --- | --- | --- | --- | --- | --- | ---: | --- | --- |",
     ]

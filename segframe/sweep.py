@@ -23,8 +23,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from segframe.metrics import summary_keys
-from segframe.report import percent
+from segframe.metrics import image_summary_keys, summary_keys
+from segframe.report import SUMMARY_HEADERS, percent
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ def summarize(sweep_dir: str | Path, metric: str = "miou") -> list[dict[str, Any
     """Collect `<run>/metrics.json` + `<run>/.hydra/overrides.yaml`; write summary.{md,csv}; best marked."""
     sweep_dir = Path(sweep_dir)
     rows = []
+    columns = [*summary_keys(), *image_summary_keys()]  # dataset-level, then per image (medical convention)
     runs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()]
     for run in sorted(runs, key=lambda p: (int(p.name), "") if p.name.isdigit() else (1 << 30, p.name)):
         overrides_file = run / ".hydra" / "overrides.yaml"
@@ -49,21 +50,21 @@ def summarize(sweep_dir: str | Path, metric: str = "miou") -> list[dict[str, Any
         row: dict[str, Any] = {"run": run.name, "overrides": overrides, "status": "failed"}
         if (run / "metrics.json").is_file():
             m = json.loads((run / "metrics.json").read_text())
-            row.update({k: m.get(k) for k in summary_keys()}, status="ok")
+            row.update({k: m.get(k) for k in columns}, status="ok")
         rows.append(row)
     scored = [r for r in rows if r.get(metric) is not None]
     best = max(scored, key=lambda r: r[metric]) if scored else None
-    fields = ["run", "overrides", "status", *summary_keys(), "best"]
+    fields = ["run", "overrides", "status", *columns, "best"]
     for r in rows:
         r["best"] = "*" if r is best else ""
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| run | overrides | mIoU % | mean acc % | pixel acc % | fwIoU % | best |",
-             "| --- | --- | ---: | ---: | ---: | ---: | :-: |"]
+    lines = ["| run | overrides | " + " | ".join(SUMMARY_HEADERS[k] for k in columns) + " | best |",
+             "| --- | --- | " + " | ".join("---:" for _ in columns) + " | :-: |"]
     for r in rows:
-        cells = [percent(r.get(k)) for k in summary_keys()] if r["status"] == "ok" else ["failed", "", "", ""]
+        cells = [percent(r.get(k)) for k in columns] if r["status"] == "ok" else ["failed"] + [""] * (len(columns) - 1)
         lines.append(f"| {r['run']} | {r['overrides']} | " + " | ".join(cells) + f" | {r['best']} |")
     if (sweep_dir / OPTUNA_RESULTS).is_file():
         result = OmegaConf.to_container(OmegaConf.load(sweep_dir / OPTUNA_RESULTS))

@@ -85,7 +85,7 @@ def test_eval_with_test_time_options(trained):
         out = root / f"eval-{name}"
         res = run_cli("eval", f"ckpt={best}", f"hydra.run.dir={out}", "datamodule.num_workers=0", *options)
         _ok(res)
-        assert "| mIoU % | mean acc % | pixel acc % | fwIoU % |" in res.stdout  # a table to paste
+        assert "| mIoU % | mDice % | mean acc % | pixel acc % | fwIoU % |" in res.stdout  # a table to paste
         metrics = json.loads((out / "metrics.json").read_text())
         assert sum(map(sum, metrics["confusion_matrix"])) == pixels
         assert metrics["inference"]["mode"] == ("slide" if name == "slide" else "whole")
