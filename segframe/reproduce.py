@@ -22,10 +22,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from segframe.metrics import summary_keys
+from segframe.metrics import image_summary_keys, summary_keys
 from segframe.paths import EXPERIMENTS_DIR
 
-METRICS = tuple(summary_keys())  # a reference may lack some (e.g. mdice): those print "-" and judge nothing
+# dataset-level, then per image (miou_img, mdice_img: the polyp papers' convention), recorded per run
+# and judged alike; a reference may lack some (e.g. mdice): those print "-" and judge nothing
+METRICS = (*summary_keys(), *image_summary_keys())
 
 
 def experiments_dir() -> Path:
@@ -43,6 +45,7 @@ def load_experiment(name: str) -> DictConfig:
 
 
 STAMP = "reproduce.json"
+SIZE_KEYS = ("fit_seconds", "train_images_per_s", "model_parameters", "model_gflops", "model_gflops_at")
 
 
 def _finished(run_dir: Path, name: str, seed: int, overrides: list[str]) -> Path | None:
@@ -94,7 +97,9 @@ def train_run(name: str, seed: int, out: Path, overrides: list[str], log: Any = 
     log(f"{name} seed {seed}: mIoU {100 * (metrics['miou'] or 0):.2f} in {wall:.0f} s")
     return {"seed": seed, "ok": True, "run_dir": str(run_dir), "wall_s": wall,
             "git_commit": metrics.get("git_commit"), "steps": metrics.get("steps"),
-            "init_from": extra[0].split("=", 1)[1] if extra else None, **{k: metrics.get(k) for k in METRICS}}
+            "init_from": extra[0].split("=", 1)[1] if extra else None, **{k: metrics.get(k) for k in METRICS},
+            # what the model costs (README "Model comparison"); absent from runs made before they were recorded
+            **{k: metrics.get(k) for k in SIZE_KEYS if k in metrics}}
 
 
 def compare(reference: DictConfig | None, runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from segframe.config import ConfigError, check_keys, plain
 from segframe.conversion import check_labelled, convert_command, ensure_converted
 from segframe.data.remote import locate
 from segframe.data.shards import MANIFEST, split_info
+from segframe.models.summary import gflops, parameter_count
 
 log = logging.getLogger("segframe")
 
@@ -95,10 +96,23 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     if not trainer.is_global_zero:
         return float("nan")
     examples = _examples(module, dm, cfg.eval.split, cfg.report.num_images)
+    # this session's steps only: a resumed run's earlier steps took their time in another process
+    images = (trainer.global_step - (resume.step if resume else 0)) * trainer.accumulate_grad_batches \
+        * int(cfg.datamodule.batch_size) * trainer.world_size
     metrics = _write(run_dir, module, dm, cfg.eval.split, best, examples, cfg,
                      extra={"fit_seconds": round(fit_seconds, 1), "epochs": trainer.current_epoch,
-                            "steps": trainer.global_step, "resumed_from": str(resume.path) if resume else None})
+                            "steps": trainer.global_step, "resumed_from": str(resume.path) if resume else None,
+                            "train_images_per_s": round(images / max(fit_seconds, 1e-9), 2),
+                            **model_size(module.model, cfg.data.crop_size)})
     return float(metrics["miou"] or 0.0)
+
+
+def model_size(model: Any, crop_size: Any) -> dict[str, Any]:
+    """Parameters and GFLOPs of one forward pass at the training crop, for metrics.json."""
+    h, w = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
+    return {"model_parameters": parameter_count(model), "model_trainable_parameters": parameter_count(model, True),
+            "model_gflops": round(gflops(model, int(h), int(w)), 3), "model_gflops_at": [int(h), int(w)],
+            "model_output_stride": getattr(model, "output_stride", None)}
 
 
 def inference_options(eval_cfg: DictConfig) -> dict[str, Any]:
