@@ -13,15 +13,26 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from segframe.metrics import summary_keys
+from segframe.metrics import image_summary_keys, summary_keys
 from segframe.paths import EXPERIMENTS_DIR, REPO_ROOT
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 METRICS = tuple(summary_keys())  # "-" where a reference or a run lacks one (runs before mDice existed)
+# per image (the medical convention): shown after the dataset-level ones, only in the rows of references
+# that name one (in mean, minimum or tolerance), e.g. a polyp recipe judged on mdice_img
+IMAGE_METRICS = tuple(image_summary_keys())
 
 
 def _pct(v: Any) -> str:
     return "-" if v is None else f"{float(v):.2f}"
+
+
+def _per_image(values: dict[str, Any]) -> str:
+    """'; per image mIoU / mDice: a / b' (percent), or '' when `values` holds no per-image number."""
+    if all(values.get(m) is None for m in IMAGE_METRICS):
+        return ""
+    names = " / ".join({"miou_img": "mIoU", "mdice_img": "mDice"}.get(m, m) for m in IMAGE_METRICS)
+    return f"; per image {names}: " + " / ".join(_pct(values.get(m)) for m in IMAGE_METRICS)
 
 
 def row(name: str, experiment: Any, result: dict[str, Any] | None) -> str:
@@ -29,6 +40,8 @@ def row(name: str, experiment: Any, result: dict[str, Any] | None) -> str:
     reported = " / ".join(_pct(ref.get("mean", {}).get(m)) for m in METRICS)
     if ref.get("minimum"):
         reported = ", ".join(f"{m} >= {_pct(v)}" for m, v in ref.minimum.items()) + " (expected)"
+    reported += _per_image(ref.get("mean") or {})
+    names_image = any(m in (ref.get(part) or {}) for part in ("mean", "minimum", "tolerance") for m in IMAGE_METRICS)
     if result is None:
         why = ref.get("not_reproduced", "not run yet")
         reproduced, diff, status, wall = f"not reproduced ({why})", "-", "-", "-"
@@ -37,11 +50,15 @@ def row(name: str, experiment: Any, result: dict[str, Any] | None) -> str:
 
         metrics = compare(ref, result["runs"])  # against the reference as it stands now
         seeds = ", ".join(_pct(v) for v in metrics["miou"]["per_seed"])
-        reproduced = " / ".join(_pct(metrics[m]["reproduced"]) for m in METRICS) + f" (mIoU per seed: {seeds})"
+        reproduced = " / ".join(_pct(metrics[m]["reproduced"]) for m in METRICS)
+        if names_image:
+            reproduced += _per_image({m: metrics[m]["reproduced"] for m in IMAGE_METRICS if m in metrics})
+        reproduced += f" (mIoU per seed: {seeds})"
         diff = "-" if metrics["miou"]["diff"] is None else f"{metrics['miou']['diff']:+.2f}"
-        verdicts = [metrics[m]["within"] for m in METRICS if metrics[m]["within"] is not None]
-        tolerances = ", ".join([f"{m} ±{metrics[m]['tolerance']}" for m in METRICS if metrics[m]["tolerance"] is not None]
-                               + [f"{m} >= {metrics[m]['minimum']}" for m in METRICS if metrics[m]["minimum"] is not None])
+        # every metric compare() judged: the dataset-level ones and the per-image ones
+        verdicts = [metrics[m]["within"] for m in metrics if metrics[m]["within"] is not None]
+        tolerances = ", ".join([f"{m} ±{metrics[m]['tolerance']}" for m in metrics if metrics[m]["tolerance"] is not None]
+                               + [f"{m} >= {metrics[m]['minimum']}" for m in metrics if metrics[m]["minimum"] is not None])
         status = ("within tolerance" if all(verdicts) else "OUTSIDE tolerance") + f" ({tolerances})" if verdicts \
             else "no tolerance"
         walls = [w for w in result.get("wall_s", []) if w is not None]
