@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-import pytest
 
+import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf

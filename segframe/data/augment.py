@@ -74,6 +74,14 @@ def seed_train(
     )
 
 
+def flips(hflip: float = 0.5, vflip: float = 0.0, rot90: bool = False) -> A.Compose:
+    """Only the symmetries of the image: horizontal / vertical flips and, with `rot90`, quarter turns.
+    Every pixel keeps its label and nothing is resampled, so short runs learn from exact images
+    (the quickstart); flips and quarter turns are also the usual augmentation of endoscopy images."""
+    return A.Compose([*_flip(hflip), *([A.VerticalFlip(p=vflip)] if vflip > 0 else []),
+                      *([A.RandomRotate90(p=1.0)] if rot90 else [])])
+
+
 def identity() -> A.Compose:
     """No augmentation (evaluation at native size; `augmentation=none` for training)."""
     return A.Compose([])
