@@ -1,6 +1,7 @@
-"""`python -m segframe.results [--check]`: the README's results table, generated from the
-experiment files (what each reports) and experiments/results/*.json (what `segframe.reproduce`
-measured). Never typed by hand: `--check` exits 1 when the README differs from what this makes.
+"""`python -m segframe.results [--check]`: the README's results table and model comparison,
+generated from the experiment files (what each reports) and experiments/results/*.json (what
+`segframe.reproduce` measured). Never typed by hand: `--check` exits 1 when the README differs
+from what this makes.
 """
 
 from __future__ import annotations
@@ -84,27 +85,66 @@ def table(experiments_dir: Path = EXPERIMENTS_DIR) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(readme: str, generated: str) -> str:
-    if START not in readme or END not in readme:
-        raise ValueError(f"README.md has no {START} ... {END} markers for the results table")
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{generated}{END}{tail}"
+def comparison_table(experiments_dir: Path = EXPERIMENTS_DIR) -> str:
+    """The experiments that carry `comparison:` (the same data, recipe and CPU time budget, one
+    model family each), best mean mIoU first: what each model reaches and what it costs."""
+    lines = ["| experiment | model | parameters | GFLOPs / image | train img/s | steps | fit s | mIoU % (per seed) "
+             "| mDice % | wall time per run |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+    rows = []
+    for path in sorted(experiments_dir.glob("*.yaml")):
+        experiment = OmegaConf.load(path)
+        if not experiment.get("comparison"):
+            continue
+        result_file = experiments_dir / "results" / f"{path.stem}.json"
+        runs = [r for r in json.loads(result_file.read_text())["runs"] if r.get("ok")] if result_file.is_file() else []
+
+        def mean(key: str, scale: float = 1.0) -> float | None:
+            values = [scale * r[key] for r in runs if r.get(key) is not None]
+            return statistics.fmean(values) if values else None
+
+        miou = mean("miou", 100)
+        gflops, size = mean("model_gflops"), next((r["model_gflops_at"] for r in runs if r.get("model_gflops_at")), None)
+        cells = [f"`{path.stem}`", experiment.comparison.get("model", ""),
+                 "-" if mean("model_parameters") is None else f"{mean('model_parameters') / 1e6:.2f}M",
+                 "-" if gflops is None else f"{gflops:.2f}" + (f" ({size[0]}x{size[1]})" if size else ""),
+                 _pct(mean("train_images_per_s")), _pct(mean("steps")).removesuffix(".00"),
+                 "-" if mean("fit_seconds") is None else f"{mean('fit_seconds'):.0f}",
+                 "not run yet" if miou is None else f"**{miou:.2f}** ({', '.join(_pct(100 * r['miou']) for r in runs)})",
+                 _pct(mean("mdice", 100)), "-" if mean("wall_s") is None else f"{mean('wall_s'):.0f} s"]
+        rows.append((-(miou if miou is not None else -1.0), "| " + " | ".join(cells) + " |"))
+    return "\n".join(lines + [r for _, r in sorted(rows)]) + "\n"
+
+
+TABLES = {  # README markers -> the generator of what goes between them
+    (START, END): table,
+    ("<!-- comparison:start -->", "<!-- comparison:end -->"): comparison_table,
+}
+
+
+def render(readme: str, generated: str, markers: tuple[str, str] = (START, END)) -> str:
+    start, end = markers
+    if start not in readme or end not in readme:
+        raise ValueError(f"README.md has no {start} ... {end} markers for a generated table")
+    head, rest = readme.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{generated}{end}{tail}"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     readme_path = REPO_ROOT / "README.md"
     readme = readme_path.read_text()
-    updated = render(readme, table())
+    updated = readme
+    for markers, generate in TABLES.items():
+        updated = render(updated, generate(), markers)
     if "--check" in args:
         if updated != readme:
-            print("README.md's results table is out of date: run `python -m segframe.results`", file=sys.stderr)
+            print("README.md's results tables are out of date: run `python -m segframe.results`", file=sys.stderr)
             return 1
-        print("README.md's results table is up to date")
+        print("README.md's results tables are up to date")
         return 0
     readme_path.write_text(updated)
-    print(f"updated the results table in {readme_path}")
+    print(f"updated the results tables in {readme_path}")
     return 0
 
 
