@@ -13,7 +13,6 @@ import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 import torchvision
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch import nn
 
@@ -22,17 +21,13 @@ from segframe.models.backbones import PretrainedWeightsError
 from segframe.models.dilated import DilatedFCN
 from segframe.models.smp import SmpModel
 from segframe.models.summary import gflops, parameter_count
-from segframe.paths import CONF_DIR  # importing it registers the config resolvers
+
+from conftest import compose_config
 
 C = 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only compete with other processes
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomise_zero_heads(model: nn.Module) -> None:
@@ -108,6 +103,8 @@ def test_dilated_resnet18_keeps_resolution_and_imagenet_weights(tmp_path) -> Non
     ("resnet18", lambda: torchvision.models.resnet18(weights=None).state_dict()),  # torchvision keys, fc included
     ("tu-resnet18", lambda: __import__("timm").create_model("resnet18").state_dict()),  # timm keys
     ("mobilenet_v2", lambda: torchvision.models.mobilenet_v2(weights=None).state_dict()),
+    # timm's feature wrapper renames nested stages (stages.0 -> stages_0): the file still fits
+    ("tu-convnext_tiny", lambda: __import__("timm").create_model("convnext_tiny").state_dict()),
 ])
 def test_encoder_weights_from_a_local_file(tmp_path, encoder, weights) -> None:
     torch.manual_seed(1)
@@ -116,11 +113,12 @@ def test_encoder_weights_from_a_local_file(tmp_path, encoder, weights) -> None:
     torch.save(state, path)
     model = SmpModel(C, "Unet", encoder, pretrained=str(path))
     own = model.net.encoder.state_dict()
-    for name, tensor in state.items():
-        key = f"model.{name}" if encoder.startswith("tu-") else name
-        if key in own:
-            assert torch.equal(own[key], tensor), key
-    assert sum(k.removeprefix("model.") in state for k in own) == len(own)
+    from segframe.models.smp import _timm_name
+
+    name_in_file = {k: (_timm_name(k) if encoder.startswith("tu-") else k) for k in own}
+    assert all(name_in_file[k] in state for k in own)
+    for key, tensor in own.items():
+        assert torch.equal(tensor, state[name_in_file[key]]), key
 
 
 def test_encoder_weights_errors_say_what_to_do(tmp_path, monkeypatch) -> None:
@@ -152,6 +150,17 @@ def test_encoder_weights_errors_say_what_to_do(tmp_path, monkeypatch) -> None:
         SmpModel(C, "Unet", "tu-resnet18", pretrained=True)
 
 
+@pytest.mark.parametrize("arch,frozen", [("PSPNet", ("layer3.", "layer4.")), ("Unet", ()), ("FPN", ()),
+                                          ("DeepLabV3", ())])
+def test_only_parameters_no_output_depends_on_are_frozen(arch, frozen) -> None:
+    # smp keeps the ResNet stages PSPNet (encoder_depth 3) never runs, so a full ImageNet file loads
+    model = SmpModel(C, arch, "resnet18")
+    still = {n for n, p in model.net.named_parameters() if not p.requires_grad}
+    assert {n.split(".")[1] + "." for n in still} == set(frozen)
+    model.train()(torch.rand(2, 3, 64, 64)).sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 def test_bad_choices_are_refused_before_any_work() -> None:
     with pytest.raises(ValueError, match="model.arch='Unet3'.*deeplabv3plus"):
         SmpModel(C, "Unet3", "resnet18")
@@ -165,6 +174,11 @@ def test_bad_choices_are_refused_before_any_work() -> None:
         DilatedFCN(C, "resnet18", 32)
     with pytest.raises(ValueError, match="unknown backbone 'vgg16' for fcn_dilated"):
         DilatedFCN(C, "vgg16", 8)
+    with pytest.raises(ValueError, match=r"model.options may not set \['aux_params'\]"):
+        SmpModel(C, "Unet", "resnet18", options={"aux_params": {"classes": 2}})
+    # timm weights carry their own input statistics (here 0.5 / 0.5): a mismatch names the keys to set
+    with pytest.raises(ValueError, match=r"tu-vit_tiny_patch16_224.*model.mean=\[0.5, 0.5, 0.5\]"):
+        SmpModel(C, "Unet", "tu-vit_tiny_patch16_224", pretrained="unused.pth")
 
 
 def _lightning_ckpt(model: nn.Module, path) -> None:
@@ -196,8 +210,7 @@ MENU = ["fcn32s", "fcn16s", "fcn8s", "fcn_dilated", "deeplabv3", "deeplabv3plus"
 
 @pytest.mark.parametrize("name", MENU)
 def test_every_model_config_composes_and_builds(name: str) -> None:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={name}", "model.pretrained=false", "data=shapes"])
+    cfg = compose_config([f"model={name}", "model.pretrained=false", "data=shapes"])
     model = instantiate(cfg.model).eval()  # eval: DeepLab's image-pooling BN needs batch > 1 to train
     assert model(torch.rand(1, 3, 40, 56)).shape == (1, 6, 40, 56)
     assert parameter_count(model) > 0 and model.output_stride >= 1

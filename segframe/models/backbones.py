@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import os
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.error import URLError
 
@@ -32,8 +33,18 @@ class PretrainedWeightsError(RuntimeError):
     """ImageNet weights could not be downloaded (offline machine) and are not in the hub cache."""
 
 
+def mismatch_report(missing: Sequence[str], unexpected: Sequence[str], mismatched: Sequence[str]) -> str:
+    """'2 missing: a, b; 1 shape mismatch: c (3,) vs (4,)' (a few names each, not a wall of text)."""
+    problems = []
+    for label, names in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+        if names:
+            more = f" ... (+{len(names) - 5} more)" if len(names) > 5 else ""
+            problems.append(f"{len(names)} {label}: {', '.join(names[:5])}{more}")
+    return "; ".join(problems)
+
+
 def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Fail with a readable message (a few names, not a wall of text) when `state` doesn't fit `model`."""
+    """Fail with a readable message when `state` doesn't fit `model`."""
     if not isinstance(state, dict):
         raise ValueError(f"{source}: expected a torchvision state_dict (a dict of tensors), got {type(state).__name__}")
     expected = model.state_dict()
@@ -42,14 +53,20 @@ def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], source: str) -
     mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
                   if k in state and hasattr(state[k], "shape") and state[k].shape != v.shape]
     if missing or unexpected or mismatched:
-        problems = []
-        for label, names in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-            if names:
-                more = f" ... (+{len(names) - 5} more)" if len(names) > 5 else ""
-                problems.append(f"{len(names)} {label}: {', '.join(names[:5])}{more}")
         raise ValueError(f"{source} does not match torchvision's {type(model).__name__} state_dict "
-                         f"({'; '.join(problems)}). Expected a state_dict saved from the torchvision "
-                         f"classification model (model.state_dict()), not a segmentation checkpoint.")
+                         f"({mismatch_report(missing, unexpected, mismatched)}). Expected a state_dict saved from the "
+                         f"torchvision classification model (model.state_dict()), not a segmentation checkpoint.")
+
+
+def read_weights_file(pretrained: str | os.PathLike, example: str, download: str) -> dict[str, torch.Tensor]:
+    """The state_dict in a local weights file (`model.pretrained=PATH`), or the error saying what to pass."""
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"Pretrained weights file not found: {path} (from model.pretrained={pretrained}). "
+                                f"Pass an existing file, e.g. model.pretrained=/path/to/{example}, "
+                                f"or model.pretrained=true for {download}, or model.pretrained=false.")
+    # weights_only: never unpickle arbitrary objects from a file we did not create
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_pretrained(model: nn.Module, pretrained: Pretrained, weights: torchvision.models.WeightsEnum) -> None:
@@ -74,13 +91,7 @@ def load_pretrained(model: nn.Module, pretrained: Pretrained, weights: torchvisi
         source = f"{file_name} (torch hub cache {cache_dir})"
     else:
         path = Path(pretrained).expanduser()
-        if not path.is_file():
-            file_name = os.path.basename(weights.url)
-            raise FileNotFoundError(f"Pretrained weights file not found: {path} (from model.pretrained={pretrained}). "
-                                    f"Pass an existing file, e.g. model.pretrained=/path/to/{file_name}, "
-                                    f"or model.pretrained=true for the torchvision download.")
-        # weights_only: never unpickle arbitrary objects from a file we did not create
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_weights_file(pretrained, os.path.basename(weights.url), "the torchvision download")
         source = f"weights file {path}"
     _check_keys(model, state, source)
     model.load_state_dict(state)

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+OUTPUT_STRIDES = (8, 16)  # the choices of a dilated backbone (fcn_dilated, DeepLabV3/V3+)
 
 
 class SegmentationModel(nn.Module):
@@ -35,6 +36,7 @@ class SegmentationModel(nn.Module):
 
     output_stride: int
     pad_multiple: int = 32
+    classifier_prefixes: tuple[str, ...] = ()  # state_dict names of the layers sized by the class count
 
     def __init__(self, num_classes: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  input_scale: float = 1.0, channel_order: str = "rgb"):
@@ -100,14 +102,14 @@ def _check_same_normalisation(model: nn.Module, ckpt: Any, file: Path) -> None:
                          "set model.channel_order/input_scale/mean/std as the parent had them")
 
 
-def _class_count_clash(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], num_classes: int) -> str | None:
-    """A tensor of both whose only difference is its first dimension, which is this model's class
-    count: a classifier of another class list (copying around it would silently mix two tasks)."""
+def _class_count_clash(model: nn.Module, own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str | None:
+    """A classifier tensor (the model's `classifier_prefixes`) of another class count in the
+    checkpoint: copying around it would silently mix two tasks."""
+    prefixes = tuple(getattr(model, "classifier_prefixes", ()))
     for name, tensor in own.items():
         src = state.get(name)
-        if src is not None and src.ndim == tensor.ndim and src.shape != tensor.shape \
-                and tensor.shape[0] == num_classes and src.shape[1:] == tensor.shape[1:]:
-            return f"checkpoint has {src.shape[0]} classes, model has {num_classes} ({name})"
+        if prefixes and name.startswith(prefixes) and src is not None and src.shape[:1] != tensor.shape[:1]:
+            return f"checkpoint has {src.shape[0]} classes, model has {tensor.shape[0]} ({name})"
     return None
 
 
@@ -131,9 +133,10 @@ def load_matching_weights(model: nn.Module, path: str | os.PathLike) -> tuple[li
     _check_same_normalisation(model, ckpt, file)
 
     own = model.state_dict()
-    clash = _class_count_clash(own, state, int(getattr(model, "num_classes", -1)))
+    clash = _class_count_clash(model, own, state)
     if clash:
-        raise ValueError(f"{file}: {clash}; init_from needs the same class list")
+        raise ValueError(f"{file}: {clash}; init_from needs the same class list: use a checkpoint trained on "
+                         f"this dataset's classes, or drop model.init_from")
     copied, new, mismatched = [], [], []
     with torch.no_grad():
         for name, tensor in own.items():

@@ -15,10 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from segframe.models.backbones import RESNET_WEIGHTS, Pretrained, ResNetBackbone
-from segframe.models.base import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
+from segframe.models.base import IMAGENET_MEAN, IMAGENET_STD, OUTPUT_STRIDES, SegmentationModel
 from segframe.models.fcn import score_layer
-
-OUTPUT_STRIDES = (8, 16)
 
 
 def dilate_stage(stage: nn.Sequential, dilation: int, previous: int) -> None:
@@ -65,6 +63,7 @@ class DilatedFCN(SegmentationModel):
         if backbone not in RESNET_WEIGHTS:
             raise ValueError(f"unknown backbone {backbone!r} for fcn_dilated; valid: {', '.join(RESNET_WEIGHTS)}")
         self.backbone_name, self.output_stride = backbone, output_stride
+        self.classifier_prefixes = ("score.",)
         self.backbone = ResNetBackbone(backbone, pretrained)
         if output_stride == 8:
             dilate_stage(self.backbone.layer3, dilation=2, previous=1)

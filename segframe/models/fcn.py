@@ -83,6 +83,7 @@ class FCN(SegmentationModel):
             raise ValueError(f"unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
         self.stride, self.backbone_name = stride, backbone
         self.output_stride = stride  # the finest skip it adds: s8 for FCN-8s
+        self.classifier_prefixes = ("score_", "up_")
 
         self.backbone = VGG16Backbone(pretrained) if backbone == "vgg16" else ResNetBackbone(backbone, pretrained)
         ch = self.backbone.channels

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import http.client
 import logging
-import os
+import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 from urllib.error import URLError
 
 import segmentation_models_pytorch as smp
+import timm
 import torch
 import torchvision
 from torch import nn
 
-from segframe.models.backbones import RESNET_WEIGHTS, Pretrained, PretrainedWeightsError, load_pretrained
-from segframe.models.base import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
+from segframe.models.backbones import (RESNET_WEIGHTS, Pretrained, PretrainedWeightsError, load_pretrained,
+                                       mismatch_report, read_weights_file)
+from segframe.models.base import IMAGENET_MEAN, IMAGENET_STD, OUTPUT_STRIDES, SegmentationModel
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,6 @@ DILATABLE = ("deeplabv3", "deeplabv3plus")  # archs whose encoder output stride 
 
 def check_encoder(encoder: str) -> None:
     if encoder.startswith("tu-"):
-        import timm
-
         if not timm.list_models(encoder[3:]):
             raise ValueError(f"model.encoder={encoder!r}: timm has no model {encoder[3:]!r} "
                              f"(list them with python -c \"import timm; print(timm.list_models('*resnet*'))\")")
@@ -42,38 +41,45 @@ def check_encoder(encoder: str) -> None:
                          f"{', '.join(smp.encoders.get_encoder_names())}, or any timm model as tu-NAME")
 
 
+def _timm_name(key: str) -> str:
+    """A timm feature encoder's key -> the classification model's: timm's FeatureListNet flattens
+    nested stages into one module name (`stages_0` for `stages.0`); smp wraps it as `model.`."""
+    return re.sub(r"^(\w+?)_(\d+)\.", r"\1.\2.", key.removeprefix("model."))
+
+
 def _encoder_state(encoder: nn.Module, state: Mapping[str, Any], source: str) -> dict[str, torch.Tensor]:
     """The entries of a classification state_dict that `encoder` needs. A torchvision ResNet's keys
-    equal smp's ResNet encoder's (minus `fc`); timm's `tu-` encoders wrap the timm model as `model.`."""
+    equal smp's ResNet encoder's (minus `fc`); timm's `tu-` encoders wrap the timm model (see _timm_name)."""
     if not isinstance(state, Mapping):
         raise ValueError(f"{source}: expected a state_dict (a dict of tensors), got {type(state).__name__}")
     own = encoder.state_dict()
-    candidates = [dict(state), {f"model.{k}": v for k, v in state.items()},
-                  {k.removeprefix("encoder."): v for k, v in state.items()}]
-    best = max(candidates, key=lambda c: sum(k in own for k in c))
-    missing = [k for k in own if k not in best]
+    timm_encoder = any(k.startswith("model.") for k in own)
+    name_of = {k: (_timm_name(k) if timm_encoder and k not in state else k) for k in own}
+    missing = [k for k in own if name_of[k] not in state]
     # a classifier the encoder dropped (fc, classifier, head) may be left over; a tensor inside one
     # of the encoder's own stages may not (a deeper network's state_dict: ResNet-34's into ResNet-18)
-    stages = {k.split(".")[1] if k.startswith("model.") else k.split(".")[0] for k in own}
-    unexpected = [k for k in best if k not in own
-                  and (k.split(".")[1] if k.startswith("model.") and "." in k[6:] else k.split(".")[0]) in stages]
-    mismatched = [f"{k} {tuple(best[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-                  if k in best and getattr(best[k], "shape", None) != v.shape]
+    stages = {name_of[k].split(".")[0] for k in own}
+    unexpected = [k for k in state if k not in name_of.values() and k.split(".")[0] in stages]
+    mismatched = [f"{k} {tuple(state[name_of[k]].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+                  if name_of[k] in state and getattr(state[name_of[k]], "shape", None) != v.shape]
     if missing or unexpected or mismatched:
-        problems = [f"{len(names)} {label}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
-                    for label, names in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
-                    if names]
-        raise ValueError(f"{source} does not fit this encoder ({'; '.join(problems)}). Expected the ImageNet "
-                         f"classification model's state_dict (torchvision's for resnet*, timm's for tu-*)")
-    return {k: best[k] for k in own}
+        raise ValueError(f"{source} does not fit this encoder ({mismatch_report(missing, unexpected, mismatched)}). "
+                         f"Expected the ImageNet classification model's state_dict (torchvision's for resnet*, "
+                         f"timm's for tu-*, smp's encoder for the others)")
+    return {k: state[name_of[k]] for k in own}
 
 
 def _download_error(encoder: str, exc: Exception) -> PretrainedWeightsError:
+    if encoder.startswith("tu-"):
+        save = f"timm.create_model('{encoder[3:]}', pretrained=True).state_dict()"
+        module = "timm"
+    else:
+        save = f"smp.encoders.get_encoder('{encoder}', weights='imagenet').state_dict()"
+        module = "segmentation_models_pytorch as smp"
     return PretrainedWeightsError(
         f"Could not get ImageNet weights for encoder {encoder} ({type(exc).__name__}: {exc}). On a machine with "
-        f"network access save them, e.g. python -c \"import timm, torch; torch.save(timm.create_model("
-        f"'{encoder.removeprefix('tu-')}', pretrained=True).state_dict(), '{encoder}.pth')\", then pass "
-        f"model.pretrained=/path/to/{encoder}.pth here; or train from scratch with model.pretrained=false.")
+        f"network access save them: python -c \"import torch, {module}; torch.save({save}, '{encoder}.pth')\", "
+        f"then pass model.pretrained=/path/to/{encoder}.pth here; or train from scratch with model.pretrained=false.")
 
 
 def build(arch: str, encoder: str, num_classes: int, pretrained: Pretrained, options: dict[str, Any]) -> nn.Module:
@@ -92,38 +98,55 @@ def build(arch: str, encoder: str, num_classes: int, pretrained: Pretrained, opt
         load_pretrained(resnet, True, RESNET_WEIGHTS[encoder])
         model.encoder.load_state_dict(_encoder_state(model.encoder, resnet.state_dict(), f"{encoder} weights"))
     elif pretrained not in (False, True, None):
-        path = Path(pretrained).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"Pretrained weights file not found: {path} (from model.pretrained={pretrained}). "
-                                    f"Pass the encoder's ImageNet state_dict file, model.pretrained=true to download "
-                                    f"it, or model.pretrained=false")
-        state = torch.load(path, map_location="cpu", weights_only=True)  # data, never code
-        model.encoder.load_state_dict(_encoder_state(model.encoder, state, f"weights file {path}"))
-        log.info("encoder %s: ImageNet weights from %s", encoder, path)
+        state = read_weights_file(pretrained, f"{encoder}.pth", "the ImageNet download")
+        model.encoder.load_state_dict(_encoder_state(model.encoder, state, f"weights file {pretrained}"))
+        log.info("encoder %s: ImageNet weights from %s", encoder, pretrained)
     return model
 
 
-@torch.no_grad()
-def probe(model: nn.Module, size: int = 128) -> tuple[int, list[str]]:
-    """One small forward pass in eval mode (BN statistics untouched) that measures the output stride
-    (input pixels per pixel of the map the segmentation head sees, its final upsampling excluded)
-    and finds the modules with parameters that never run: smp keeps a ResNet's unused last stages
-    when the architecture uses fewer (PSPNet: encoder_depth 3)."""
+def probe(model: nn.Module, size: int = 64) -> tuple[int, list[str]]:
+    """One small forward and backward pass in eval mode (batch norm statistics untouched) that measures
+    the output stride (input pixels per pixel of the map the segmentation head sees, its final
+    upsampling excluded) and finds the parameters no output depends on: smp keeps a ResNet's last
+    stages when the architecture uses fewer (PSPNet: encoder_depth 3). Autograd decides, so a
+    parameter used through a method rather than a module call (a ViT's pos_embed) counts as used."""
     seen: list[int] = []
-    ran: set[nn.Module] = set()
-    hooks = [model.segmentation_head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[-1]))]
-    hooks += [m.register_forward_pre_hook(lambda m, _a: ran.add(m)) for m in model.modules()]
+    hook = model.segmentation_head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[-1]))
     was_training = model.training
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     try:
         model.eval()
-        model(torch.zeros(1, 3, size, size))
+        out = model(torch.zeros(1, 3, size, size))
+        grads = torch.autograd.grad(out.float().sum(), [p for _, p in named], allow_unused=True)
     finally:
-        for hook in hooks:
-            hook.remove()
+        hook.remove()
         model.train(was_training)
-    unused = [name for name, m in model.named_modules()
-              if m not in ran and any(True for _ in m.parameters(recurse=False))]
-    return size // seen[0], unused
+    return size // seen[0], [n for (n, _), g in zip(named, grads) if g is None]
+
+
+# smp arguments segframe sets itself, and the key a user sets instead
+OWNED_OPTIONS = {
+    "classes": "the class count comes from data.num_classes",
+    "encoder_name": "use model.encoder",
+    "encoder_weights": "use model.pretrained=true|false|PATH",
+    "encoder_output_stride": "use model.output_stride",
+    "in_channels": "segframe models take RGB images",
+    "activation": "the model returns logits (the loss and the metrics apply softmax/argmax)",
+    "aux_params": "an auxiliary classification head changes the output to a tuple, which the model contract excludes",
+}
+
+
+def check_timm_normalisation(encoder: str, mean: Sequence[float], std: Sequence[float]) -> None:
+    """timm weights come with their own input statistics (many use 0.5 / 0.5): training them on
+    inputs normalised differently silently wastes the pretraining."""
+    cfg = timm.get_pretrained_cfg(encoder[3:])
+    if cfg is None or not getattr(cfg, "mean", None):
+        return
+    want_mean, want_std = [round(float(v), 4) for v in cfg.mean], [round(float(v), 4) for v in cfg.std]
+    if [round(v, 4) for v in mean] != want_mean or [round(v, 4) for v in std] != want_std:
+        raise ValueError(f"encoder {encoder}'s ImageNet weights expect inputs normalised with mean {want_mean} and "
+                         f"std {want_std}, but model.mean={list(mean)} model.std={list(std)}; set "
+                         f"model.mean={want_mean} model.std={want_std} (or model.pretrained=false)")
 
 
 class SmpModel(SegmentationModel):
@@ -152,21 +175,27 @@ class SmpModel(SegmentationModel):
                              f"valid: {', '.join(ARCHS)}")
         check_encoder(encoder)
         options = dict(options or {})
+        owned = [k for k in options if k in OWNED_OPTIONS]
+        if owned:
+            raise ValueError(f"model.options may not set {owned}: " + "; ".join(OWNED_OPTIONS[k] for k in owned))
         if output_stride is not None:
             if arch.lower() not in DILATABLE:
                 raise ValueError(f"model.output_stride applies to {', '.join(DILATABLE)}, not {arch}; "
                                  f"set it to null (the architecture fixes its stride)")
-            if int(output_stride) not in (8, 16):
-                raise ValueError(f"model.output_stride must be 8 or 16 for {arch}, got {output_stride}")
+            if int(output_stride) not in OUTPUT_STRIDES:
+                raise ValueError(f"model.output_stride must be one of {OUTPUT_STRIDES} for {arch}, got {output_stride}")
             options["encoder_output_stride"] = int(output_stride)
+        if pretrained not in (False, None) and encoder.startswith("tu-"):
+            check_timm_normalisation(encoder, self.norm_mean, self.norm_std)
         self.arch, self.encoder_name = arch, encoder
+        self.classifier_prefixes = ("net.segmentation_head.",)
         self.net = build(arch, encoder, self.num_classes, pretrained, options)
         self.output_stride, unused = probe(self.net)
         # frozen, so the optimizer and DDP skip them; kept, so a full ImageNet state_dict still loads
         for name in unused:
-            self.net.get_submodule(name).requires_grad_(False)
+            self.net.get_parameter(name).requires_grad_(False)
         if unused:
-            log.info("%s/%s: %d modules never run (frozen): %s", arch, encoder, len(unused),
+            log.info("%s/%s: %d parameters no output depends on (frozen): %s", arch, encoder, len(unused),
                      ", ".join(unused[:4]) + (" ..." if len(unused) > 4 else ""))
         self.start_from(init_from)
 
