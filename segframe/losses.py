@@ -2,7 +2,7 @@
 Lovász-softmax and cross entropy + Dice.
 
 Each loss is an `nn.Module`: `forward(logits float[B,C,H,W], target long[B,H,W]) -> scalar`, where
-target 255 (IGNORE_INDEX) marks pixels without a label. Ignored pixels are honoured exactly: they
+target 255 (IGNORE_INDEX) marks pixels without a label. Ignored pixels (with finite logits) are honoured exactly: they
 change neither the loss nor the gradient of any other pixel, their own logits get zero gradient,
 and a batch that is all ignore gives 0 (never NaN).
 

@@ -168,7 +168,9 @@ def module_from_checkpoint(ckpt: dict[str, Any], inference: dict[str, Any]) -> A
     model_cfg = {**hp["model_config"], "pretrained": False, "init_from": None}  # weights come from the checkpoint
     module = SegModule(model=instantiate(model_cfg), optimizer=None, scheduler=None, classes=hp["classes"],
                        palette=hp["palette"], model_config=model_cfg, inference=inference,
-                       loss_config=hp.get("loss_config"))  # the trained loss, for val/test loss (None: CE)
+                       # the trained loss, as trained, for the val/test loss (older checkpoints: mean CE)
+                       loss_config=hp.get("loss_config"), loss_reduction=hp.get("loss_reduction", "mean"),
+                       class_weighting=hp.get("class_weighting", "none"), class_pixels=hp.get("class_pixels"))
     module.load_state_dict(ckpt["state_dict"])
     return module
 
