@@ -37,21 +37,23 @@ def test_no_warmup_is_torch_poly() -> None:
 
 
 def test_state_round_trip_with_weights_only() -> None:
-    first = WarmupPoly(_optimizer(), total_iters=20, warmup_iters=5)
+    first = WarmupPoly(_optimizer(), total_iters=20, warmup_iters=5, power=0.9)
     _lrs(first, 8)
     buffer = io.BytesIO()
-    torch.save(first.state_dict(), buffer)
+    torch.save({"scheduler": first.state_dict(), "optimizer": first.optimizer.state_dict()}, buffer)
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)  # a checkpoint stays loadable without pickle
-    second = WarmupPoly(_optimizer(), total_iters=20, warmup_iters=5)
-    second.load_state_dict(state)
-    second.optimizer.param_groups[0]["lr"] = first.optimizer.param_groups[0]["lr"]
+    # built with other settings, as a resumed run with a changed config would be: the state wins
+    second = WarmupPoly(_optimizer(), total_iters=50, warmup_iters=1, power=2.0)
+    second.optimizer.load_state_dict(state["optimizer"])
+    second.load_state_dict(state["scheduler"])
+    assert (second.total_iters, second.warmup_iters, second.power, second.last_epoch) == (20, 5, 0.9, 8)
     assert _lrs(second, 5) == pytest.approx(_lrs(first, 5))
 
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"total_iters": 0}, "total_iters must be >= 1"),
-    ({"total_iters": 10, "warmup_iters": 10}, "warmup_iters must be in 0..total_iters-1"),
+    ({"total_iters": 10, "warmup_iters": 10}, "warmup_iters must be in 0..total_iters-1 .*10 optimizer steps"),
     ({"total_iters": 10, "power": 0}, "power must be > 0"),
 ])
 def test_bad_values_are_refused(kwargs, match) -> None:
