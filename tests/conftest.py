@@ -34,3 +34,25 @@ def run_cli(module: str, *args: str, cwd: Path | None = None, env: dict | None =
 def ok(res) -> None:
     """Assert a `run_cli` result exited 0, showing the ends of its output when it did not."""
     assert res.returncode == 0, f"exit {res.returncode}\nstdout:\n{res.stdout[-3000:]}\nstderr:\n{res.stderr[-5000:]}"
+
+
+def compose_config(overrides: list[str], name: str = "train"):
+    """The composed Hydra config of `python -m segframe.<name> overrides...`, without running it."""
+    from hydra import compose, initialize_config_dir
+
+    from segframe.paths import CONF_DIR  # importing it registers the ${repo_root:} / ${user_conf:} resolvers
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a shared 2-core machine OpenMP threads competing
+    with other processes made model tests ~30x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

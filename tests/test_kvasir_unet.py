@@ -11,23 +11,17 @@ import json
 import math
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from segframe.config import check_keys
-from segframe.paths import CONF_DIR, EXPERIMENTS_DIR  # importing it registers ${repo_root:}, ${user_conf:}
+from segframe.paths import EXPERIMENTS_DIR
 
-from conftest import ok, run_cli
-
-
-def _compose(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+from conftest import compose_config, ok, run_cli
 
 
 def test_kvasir_unet_composes_with_the_recipe():
-    cfg = _compose(["experiment=kvasir_unet"])
+    cfg = compose_config(["experiment=kvasir_unet"])
     check_keys(cfg, "train")
     OmegaConf.to_container(cfg, resolve=True)
     assert cfg.data.name == "kvasir_seg" and list(cfg.data.classes) == ["background", "polyp"]
