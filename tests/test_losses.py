@@ -284,7 +284,9 @@ def test_lightning_step_and_checkpoint_round_trip(tmp_path):
 
     from segframe.workflow import load_checkpoint, module_from_checkpoint
 
-    module = _module(loss=instantiate(compose_config(["loss=ce_dice", "loss.dice_weight=0.5"]).loss))
+    # summed and class-weighted: eval must rebuild the loss exactly as it was trained
+    module = _module(loss=instantiate(compose_config(["loss=ce_dice", "loss.dice_weight=0.5"]).loss),
+                     loss_reduction="sum", class_weighting="median_frequency", class_pixels=[100, 10, 1])
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     masks = torch.randint(0, C, (2, 32, 32))
     masks[0, :8] = 255

@@ -129,6 +129,29 @@ def test_results_table_rows(tmp_path):
     assert "within tolerance" in row("x", experiment, result)
 
 
+def test_comparison_table_ranks_families_by_mean_miou(tmp_path):
+    from segframe.results import comparison_table
+
+    def experiment(name: str, model: str, runs: list[dict] | None) -> None:
+        (tmp_path / f"{name}.yaml").write_text(f"comparison: {{model: '{model}', budget_s: 150}}\n")
+        if runs is not None:
+            (tmp_path / "results").mkdir(exist_ok=True)
+            (tmp_path / "results" / f"{name}.json").write_text(json.dumps({"runs": runs}))
+
+    size = {"model_parameters": 11_300_000, "model_gflops": 0.67, "model_gflops_at": [96, 96], "steps": 518,
+            "fit_seconds": 150.0, "train_images_per_s": 55.0, "wall_s": 180.0}
+    experiment("a", "FCN-8s", [{"ok": True, "miou": 0.70, "mdice": 0.80, **size},
+                               {"ok": True, "miou": 0.74, "mdice": 0.84, **size}])
+    experiment("b", "U-Net", [{"ok": True, "miou": 0.50, "mdice": 0.60, **size}, {"ok": False}])
+    experiment("c", "FPN", None)
+    (tmp_path / "d.yaml").write_text("reference: null\n")  # not in the comparison
+    lines = comparison_table(tmp_path).splitlines()
+    assert len(lines) == 2 + 3 and lines[2].startswith("| `a` | FCN-8s | 11.30M | 0.67 (96x96) | 55.00 | 518 | 150 |")
+    assert "**72.00** (70.00, 74.00) | 82.00 | 180 s |" in lines[2]
+    assert lines[3].startswith("| `b` | U-Net") and "**50.00** (50.00)" in lines[3]  # the failed run is left out
+    assert lines[4].startswith("| `c` | FPN") and "not run yet" in lines[4]
+
+
 def test_readme_results_table_is_generated_from_the_files():
     res = run_cli("results", "--check", cwd=REPO)
     assert res.returncode == 0, res.stderr
