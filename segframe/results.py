@@ -109,7 +109,8 @@ def comparison_table(experiments_dir: Path = EXPERIMENTS_DIR) -> str:
                  "-" if gflops is None else f"{gflops:.2f}" + (f" ({size[0]}x{size[1]})" if size else ""),
                  _pct(mean("train_images_per_s")), _pct(mean("steps")).removesuffix(".00"),
                  "-" if mean("fit_seconds") is None else f"{mean('fit_seconds'):.0f}",
-                 "not run yet" if miou is None else f"**{miou:.2f}** ({', '.join(_pct(100 * r['miou']) for r in runs)})",
+                 "not run yet" if miou is None else
+                 f"**{miou:.2f}** ({', '.join(_pct(None if r.get('miou') is None else 100 * r['miou']) for r in runs)})",
                  _pct(mean("mdice", 100)), "-" if mean("wall_s") is None else f"{mean('wall_s'):.0f} s"]
         rows.append((-(miou if miou is not None else -1.0), "| " + " | ".join(cells) + " |"))
     return "\n".join(lines + [r for _, r in sorted(rows)]) + "\n"
