@@ -9,7 +9,6 @@ they live in PerImageScores / image_scores and are never mixed with the dataset-
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -81,17 +80,6 @@ def scores(confmat: np.ndarray | torch.Tensor) -> dict[str, float | list[float]]
         "per_class_acc": acc.tolist(),
         "gt_pixels": gt.astype(np.int64).tolist(),
     }
-
-
-def summary_keys() -> Sequence[str]:
-    """The dataset-level summary scores, in table order: the one list of metric names that
-    metrics.json, the printed tables, sweep summaries, reproduce and results use."""
-    return ("miou", "mdice", "mean_acc", "pixel_acc", "fwiou")
-
-
-def image_summary_keys() -> Sequence[str]:
-    """The per-image (medical convention) summary scores, kept apart from summary_keys()."""
-    return ("miou_img", "mdice_img")
 
 
 class PerImageScores(Metric):

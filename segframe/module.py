@@ -13,7 +13,8 @@ from torch import nn
 
 from segframe import losses
 from segframe.inference import check_options, infer
-from segframe.metrics import ConfusionMatrix, PerImageScores, image_scores, scores, summary_keys
+from segframe.metric_names import summary_keys
+from segframe.metrics import ConfusionMatrix, PerImageScores, image_scores, scores
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:

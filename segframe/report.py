@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from segframe.data.sample import IGNORE_INDEX
-from segframe.metrics import image_summary_keys, scores, summary_keys
+from segframe.metric_names import image_summary_keys, summary_keys
+from segframe.metrics import scores
 from segframe.paths import REPO_ROOT
 
 IGNORE_COLOUR = (255, 255, 255)

@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from segframe.metrics import image_summary_keys, summary_keys
+from segframe.metric_names import image_summary_keys, summary_keys
 from segframe.paths import EXPERIMENTS_DIR
 
 # dataset-level, then per image (miou_img, mdice_img: the polyp papers' convention), recorded per run

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from segframe.metrics import image_summary_keys, summary_keys
+from segframe.metric_names import image_summary_keys, summary_keys
 from segframe.paths import EXPERIMENTS_DIR, REPO_ROOT
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"

@@ -23,7 +23,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from segframe.metrics import image_summary_keys, summary_keys
+from segframe.metric_names import image_summary_keys, summary_keys
 from segframe.report import SUMMARY_HEADERS, percent
 
 log = logging.getLogger(__name__)

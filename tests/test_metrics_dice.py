@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from segframe.metrics import ConfusionMatrix, PerImageScores, image_scores, scores, summary_keys
+from segframe.metric_names import summary_keys
+from segframe.metrics import ConfusionMatrix, PerImageScores, image_scores, scores
 
 
 def _random_labels(seed: int, shape=(6, 11, 13)) -> tuple[np.ndarray, np.ndarray]:
