@@ -18,6 +18,21 @@ from torchmetrics import Metric
 from segframe.data.sample import IGNORE_INDEX
 
 
+def valid_labels(preds: torch.Tensor, target: torch.Tensor, num_classes: int,
+                 ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(valid mask, gt labels, predicted labels) of the pixels not labelled `ignore_index`, after
+    checking shapes and the label range. preds: class indices [B,H,W] or logits [B,C,H,W]."""
+    if preds.ndim == target.ndim + 1:
+        preds = preds.argmax(1)
+    if preds.shape != target.shape:
+        raise ValueError(f"prediction shape {tuple(preds.shape)} != target shape {tuple(target.shape)}")
+    valid = target != ignore_index
+    t, p = target[valid].long(), preds[valid].long()
+    if t.numel() and int(t.max()) >= num_classes:
+        raise ValueError(f"target label {int(t.max())} is outside 0..{num_classes - 1} and not {ignore_index}")
+    return valid, t, p
+
+
 class ConfusionMatrix(Metric):
     full_state_update = False
     is_differentiable = False
@@ -29,14 +44,7 @@ class ConfusionMatrix(Metric):
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         """preds: class indices [B,H,W] (or logits [B,C,H,W]); target: [B,H,W] with ignore pixels."""
-        if preds.ndim == target.ndim + 1:
-            preds = preds.argmax(1)
-        if preds.shape != target.shape:
-            raise ValueError(f"prediction shape {tuple(preds.shape)} != target shape {tuple(target.shape)}")
-        valid = target != self.ignore_index
-        t, p = target[valid].long(), preds[valid].long()
-        if t.numel() and int(t.max()) >= self.num_classes:
-            raise ValueError(f"target label {int(t.max())} is outside 0..{self.num_classes - 1} and not {self.ignore_index}")
+        _, t, p = valid_labels(preds, target, self.num_classes, self.ignore_index)
         # bincount over gt*C+pred: one pass, no per-class loop
         self.confmat += torch.bincount(t * self.num_classes + p, minlength=self.num_classes**2).view(
             self.num_classes, self.num_classes
@@ -112,15 +120,8 @@ class PerImageScores(Metric):
         """preds: class indices [B,H,W] (or logits [B,C,H,W]); target: [B,H,W] with ignore pixels."""
         if target.ndim == 2:  # one image
             preds, target = preds[None], target[None]
-        if preds.ndim == target.ndim + 1:
-            preds = preds.argmax(1)
-        if preds.shape != target.shape:
-            raise ValueError(f"prediction shape {tuple(preds.shape)} != target shape {tuple(target.shape)}")
         n, batch = self.num_classes, target.shape[0]
-        valid = target != self.ignore_index
-        t, p = target[valid].long(), preds[valid].long()
-        if t.numel() and int(t.max()) >= n:
-            raise ValueError(f"target label {int(t.max())} is outside 0..{n - 1} and not {self.ignore_index}")
+        valid, t, p = valid_labels(preds, target, n, self.ignore_index)
         image = torch.arange(batch, device=target.device).view(-1, *([1] * (target.ndim - 1))).expand_as(target)[valid]
         # one bincount for the whole batch: a confusion matrix per image, [B, C, C]
         cm = torch.bincount((image * n + t) * n + p, minlength=batch * n * n).view(batch, n, n).double()
