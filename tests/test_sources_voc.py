@@ -13,6 +13,7 @@ import scipy.io
 from omegaconf import OmegaConf
 from PIL import Image
 
+from segframe.bench.synthetic import write_sbd_mat
 from segframe.data.sample import SampleError, decode_sample
 from segframe.data.shards import iter_shard, read_manifest, shard_urls, verify, write_dataset
 from segframe.data.sources import voc
@@ -68,7 +69,7 @@ def make_sbd(root: Path, train: list[str], val: list[str], value: int = 2) -> Pa
         _image(base / "img" / f"{image_id}.jpg", 100 + i)
         seg = _label(value, i)
         seg[seg == 255] = 0  # SBD has no void pixels
-        voc.write_sbd_mat(base / "cls" / f"{image_id}.mat", seg)
+        write_sbd_mat(base / "cls" / f"{image_id}.mat", seg)
     (base / "inst").mkdir(exist_ok=True)  # instance labels exist in the release; not read
     (base / "train.txt").write_text("".join(f"{i}\n" for i in train))
     (base / "val.txt").write_text("".join(f"{i}\n" for i in val))

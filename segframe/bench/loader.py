@@ -85,7 +85,7 @@ def voc_like_data(root: Path, num_images: int, shard_size: int = 100) -> tuple[P
     """A generated VOC tree (500x375 JPEG + palette PNG, ~100 KiB per pair) and the same images as
     shards (split "all", converted by the `voc` converter: file bytes kept as they are).
     Returns (shard dir, per-file items in the shards' order)."""
-    from segframe.bench.convert import write_voc_tree
+    from segframe.bench.synthetic import write_voc_tree
     from segframe.data.shards import write_dataset
     from segframe.data.sources.voc import CLASSES, PALETTE, VOCSource, voc_item
 

@@ -59,21 +59,6 @@ def read_sbd_mat(path: str | Path) -> np.ndarray:
     return seg.astype(np.uint8)
 
 
-def write_sbd_mat(path: str | Path, seg: np.ndarray) -> None:
-    """The inverse of `read_sbd_mat`, in the release's layout: struct GTcls {Boundaries: 20x1 cell
-    of sparse matrices, Segmentation, CategoriesPresent}. For test fixtures and the benchmark."""
-    import scipy.io
-    import scipy.sparse
-
-    boundaries = np.empty((20, 1), dtype=object)
-    for k in range(20):
-        boundaries[k, 0] = scipy.sparse.csc_matrix(seg.shape, dtype=bool)
-    present = np.unique(seg[seg > 0]).astype(np.uint8).reshape(-1, 1)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    scipy.io.savemat(str(path), {"GTcls": {"Boundaries": boundaries, "Segmentation": seg.astype(np.uint8),
-                                           "CategoriesPresent": present}}, do_compression=True)
-
-
 def _read_mask(path: str | Path) -> np.ndarray | bytes:
     return read_sbd_mat(path) if str(path).endswith(".mat") else index_png_bytes(path)
 
