@@ -9,6 +9,7 @@
 - `StepSeed` seeds torch's RNG (dropout) at every training batch from (seed, batch count, rank), so a
   resumed run draws the masks an uninterrupted run would have drawn.
 - `resumable()` builds them all from the `checkpoint` config node.
+- `RunConfig` records the run's config in each checkpoint, for the resumed run's list of changed settings.
 
 Where a resumed run picks up (`resume=`) is resume.py; the data side (a resumed epoch continues its
 seeded order without the batches already trained) is data/datamodule.py.
@@ -30,10 +31,23 @@ from lightning_fabric.plugins.environments import SLURMEnvironment
 from pytorch_lightning.callbacks import Callback, Checkpoint, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from segframe.errors import ConfigError
+
 log = logging.getLogger("segframe")
 
 LAST = "last.ckpt"
 PARTIAL = ".partial"  # suffix of a checkpoint being written; what a kill mid-write leaves behind
+
+
+class RunConfig(Callback):
+    """Stores the run's resolved config in every checkpoint (`run_config`), so that a resumed run
+    can say which settings changed since; no component gets the whole config."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["run_config"] = self.config
 
 
 class Requeued(Exception):
@@ -82,9 +96,9 @@ class LastCheckpoint(Checkpoint):
     def __init__(self, dirpath: str | Path, every_n_steps: int | None = None, every_minutes: float | None = None,
                  requeue_signal: int | None = None):
         if every_n_steps is not None and int(every_n_steps) < 1:
-            raise ValueError(f"checkpoint.every_n_steps must be a positive number of steps or null, got {every_n_steps}")
+            raise ConfigError(f"checkpoint.every_n_steps must be a positive number of steps or null, got {every_n_steps}")
         if every_minutes is not None and float(every_minutes) <= 0:
-            raise ValueError(f"checkpoint.every_minutes must be a positive number of minutes or null, got {every_minutes}")
+            raise ConfigError(f"checkpoint.every_minutes must be a positive number of minutes or null, got {every_minutes}")
         self.path = Path(dirpath) / LAST
         self.every_n_steps = int(every_n_steps) if every_n_steps else None
         self.every_seconds = 60.0 * float(every_minutes) if every_minutes else None

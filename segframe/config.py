@@ -8,11 +8,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from segframe.errors import ConfigError
 from segframe.paths import CONF_DIR
 
-
-class ConfigError(ValueError):
-    """A config the user composed that cannot work."""
+__all__ = ["ConfigError", "check_keys", "plain"]
 
 
 def plain(cfg: DictConfig) -> Any:

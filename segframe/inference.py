@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from segframe.errors import ConfigError
 
 MODES = ("whole", "slide")
 
@@ -47,12 +48,12 @@ def check_options(scales: Sequence[float] = (1.0,), flip: bool = False, mode: st
                   stride: int = 341) -> None:
     """Refuse options `infer` cannot honour, before any work (not after hours of training)."""
     if mode not in MODES:
-        raise ValueError(f"eval.mode must be one of {MODES}, got {mode!r}")
+        raise ConfigError(f"eval.mode must be one of {MODES}, got {mode!r}")
     if not isinstance(scales, (list, tuple)) or not scales or any(not isinstance(s, (int, float)) or s <= 0
                                                                   for s in scales):
-        raise ValueError(f"eval.scales must be a list of positive factors, e.g. [0.75, 1.0, 1.25]; got {scales!r}")
+        raise ConfigError(f"eval.scales must be a list of positive factors, e.g. [0.75, 1.0, 1.25]; got {scales!r}")
     if mode == "slide" and not 0 < stride <= crop:
-        raise ValueError(f"eval.stride must be in 1..eval.crop ({crop}) so windows cover the image, got {stride}")
+        raise ConfigError(f"eval.stride must be in 1..eval.crop ({crop}) so windows cover the image, got {stride}")
 
 
 def infer(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scales: Sequence[float] = (1.0,),

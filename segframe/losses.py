@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from segframe.data.sample import IGNORE_INDEX
+from segframe.errors import ConfigError
 
 REDUCTIONS = ("mean", "sum")
 
@@ -39,11 +40,11 @@ REDUCTIONS = ("mean", "sum")
 
 def _check_reduction(reduction: str, loss: str, region: bool = False) -> None:
     if reduction not in REDUCTIONS:
-        raise ValueError(f"module.loss_reduction must be 'mean' (over valid pixels) or 'sum' (the FCN paper's "
+        raise ConfigError(f"module.loss_reduction must be 'mean' (over valid pixels) or 'sum' (the FCN paper's "
                          f"un-normalised sum), got {reduction!r}")
     if region and reduction == "sum":
         # a region loss is one number per class for the whole batch: there is no per-pixel sum
-        raise ValueError(f"module.loss_reduction='sum' does not apply to loss={loss}: it compares whole masks and "
+        raise ConfigError(f"module.loss_reduction='sum' does not apply to loss={loss}: it compares whole masks and "
                          f"has no per-pixel sum; use module.loss_reduction=mean, or loss=ce_dice (its "
                          f"cross-entropy term is summed)")
 
@@ -51,7 +52,7 @@ def _check_reduction(reduction: str, loss: str, region: bool = False) -> None:
 def _check_no_weight(weight: Any, loss: str) -> None:
     if weight is not None:
         # each present class already counts once whatever its pixel count: weights would re-skew it
-        raise ValueError(f"module.class_weighting weights pixels per class, but loss={loss} averages the present "
+        raise ConfigError(f"module.class_weighting weights pixels per class, but loss={loss} averages the present "
                          f"classes equally already; use module.class_weighting=none, or loss=ce_dice (the weights "
                          f"apply to its cross-entropy term)")
 
@@ -59,7 +60,7 @@ def _check_no_weight(weight: Any, loss: str) -> None:
 def _check_number(key: str, value: Any, minimum: float = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum \
             or value == float("inf"):
-        raise ValueError(f"{key} must be a finite number >= {minimum:g}, got {value!r}")
+        raise ConfigError(f"{key} must be a finite number >= {minimum:g}, got {value!r}")
     return float(value)
 
 
@@ -70,7 +71,7 @@ def _class_factors(key: str, values: Any) -> torch.Tensor | None:
     if isinstance(values, torch.Tensor):
         values = values.tolist()
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
-        raise ValueError(f"{key} must be null or a list with one factor >= 0 per class, got {values!r}")
+        raise ConfigError(f"{key} must be null or a list with one factor >= 0 per class, got {values!r}")
     for v in values:
         _check_number(f"every entry of {key}", v)
     return torch.tensor([float(v) for v in values], dtype=torch.float32)
@@ -79,7 +80,7 @@ def _class_factors(key: str, values: Any) -> torch.Tensor | None:
 def _check_classes(key: str, factors: torch.Tensor | None, logits: torch.Tensor) -> None:
     # the number of classes is known only from the logits
     if factors is not None and len(factors) != logits.shape[1]:
-        raise ValueError(f"{key} has {len(factors)} entries but the model predicts {logits.shape[1]} classes")
+        raise ConfigError(f"{key} has {len(factors)} entries but the model predicts {logits.shape[1]} classes")
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -265,7 +266,7 @@ class CeDice(nn.Module):
         self.ce_weight = _check_number("loss.ce_weight", ce_weight)
         self.dice_weight = _check_number("loss.dice_weight", dice_weight)
         if self.ce_weight == 0 and self.dice_weight == 0:
-            raise ValueError("loss.ce_weight and loss.dice_weight are both 0: the loss would be 0; "
+            raise ConfigError("loss.ce_weight and loss.dice_weight are both 0: the loss would be 0; "
                              "set at least one > 0")
         self.ce = CrossEntropy(weight, reduction)
         self.dice = Dice(smooth=smooth)
@@ -299,5 +300,5 @@ def factory_from(config: dict[str, Any]) -> Callable[..., nn.Module]:
     target = str(config.get("_target_", ""))
     classes = {f"{__name__}.{cls.__name__}": cls for cls in LOSSES.values()}
     if target not in classes:
-        raise ValueError(f"loss config _target_ must be one of {sorted(classes)}, got {target!r}")
+        raise ConfigError(f"loss config _target_ must be one of {sorted(classes)}, got {target!r}")
     return functools.partial(classes[target], **{k: v for k, v in config.items() if not k.startswith("_")})

@@ -15,6 +15,7 @@ from segframe import losses
 from segframe.inference import check_options, infer
 from segframe.metric_names import summary_keys
 from segframe.metrics import ConfusionMatrix, PerImageScores, image_scores, scores
+from segframe.errors import ConfigError
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:
@@ -30,13 +31,13 @@ def class_weights(class_pixels: Sequence[int], method: str) -> list[float] | Non
     median_frequency: median(f) / f_c (Eigen & Fergus, ICCV 2015, over total counts);
     inverse_frequency: 1 / f_c scaled to mean 1. Classes with no pixels get weight 1."""
     if method not in CLASS_WEIGHTINGS:
-        raise ValueError(f"module.class_weighting must be one of {CLASS_WEIGHTINGS}, got {method!r}")
+        raise ConfigError(f"module.class_weighting must be one of {CLASS_WEIGHTINGS}, got {method!r}")
     if method == "none":
         return None
     counts = torch.tensor(list(class_pixels), dtype=torch.float64)
     present = counts > 0
     if not present.any():
-        raise ValueError("module.class_weighting needs pixel counts, but every class has 0 pixels in the manifest")
+        raise ConfigError("module.class_weighting needs pixel counts, but every class has 0 pixels in the manifest")
     freq = counts / counts.sum()
     weights = torch.ones_like(freq)
     if method == "median_frequency":
@@ -62,14 +63,15 @@ class SegModule(pl.LightningModule):
         class_pixels: Sequence[int] | None = None,
         inference: dict[str, Any] | None = None,
         model_config: dict[str, Any] | None = None,
-        config: dict[str, Any] | None = None,
+        data_config: dict[str, Any] | None = None,
         channels_last: bool = False,
         torch_compile: bool = False,
         loss: Callable[..., nn.Module] | None = None,
         loss_config: dict[str, Any] | None = None,
     ):
         """`optimizer`/`scheduler` are factories (Hydra `_partial_`); `model_config` (the model's
-        plain-dict config) is stored so eval can rebuild the model from the checkpoint alone.
+        plain-dict config) is stored so eval can rebuild the model from the checkpoint alone, and
+        `data_config` (the dataset's) so that eval and predict know what it was trained on.
         Speed knobs (numerics unchanged up to float rounding): `channels_last` stores weights and
         inputs NHWC (tensor-core friendly convolutions); `torch_compile` runs the training forward through
         `torch.compile` (evaluation stays eager: whole images of many sizes would recompile).
@@ -79,7 +81,7 @@ class SegModule(pl.LightningModule):
         factory's plain config, so a checkpoint rebuilds the same loss."""
         super().__init__()
         if loss_reduction not in ("mean", "sum"):
-            raise ValueError(f"loss_reduction must be 'mean' (over valid pixels) or 'sum' (the paper's), got {loss_reduction!r}")
+            raise ConfigError(f"loss_reduction must be 'mean' (over valid pixels) or 'sum' (the paper's), got {loss_reduction!r}")
         if loss is None:
             loss = losses.factory_from(loss_config) if loss_config else losses.CrossEntropy
         # save_hyperparameters stores the arguments' current values: the factory's plain config

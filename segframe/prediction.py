@@ -1,4 +1,5 @@
-"""`segframe.predict`: class-index PNGs and overlays for image files, from a checkpoint alone."""
+"""What `python -m segframe.predict` does: class-index PNGs and overlays for image files, from a
+checkpoint alone (the model runs through `SegModule.predict_scores`, i.e. segframe.inference)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from segframe.data.sample import SampleError, decode_image
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
+from segframe import components
+from segframe.checkpoint import load_checkpoint, module_from_checkpoint
+from segframe.config import check_keys
+from segframe.data.colours import overlay, save_index_png
+from segframe.data.sample import IMAGE_FILE_EXTS, decode_image
+from segframe.errors import ConfigError, MissingFileError, SampleError
 
 def list_inputs(spec: str) -> list[Path]:
     """A file, every image file in a folder, or the matches of a glob pattern, sorted."""
@@ -23,23 +26,15 @@ def list_inputs(spec: str) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_FILE_EXTS
                        and not p.name.startswith("."))
         if not files:
-            raise FileNotFoundError(f"input={spec}: the folder holds no images ({', '.join(IMAGE_EXTS)})")
+            raise MissingFileError(f"input={spec}: the folder holds no images ({', '.join(IMAGE_FILE_EXTS)})")
         return files
     matches = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
     if not matches:
-        raise FileNotFoundError(f"input={spec}: no such file or folder, and no file matches it as a glob pattern")
+        raise MissingFileError(f"input={spec}: no such file or folder, and no file matches it as a glob pattern")
     return matches
-
-
-def index_png(mask: np.ndarray, palette: list[list[int]], path: Path) -> None:
-    """Class indices as a palette PNG: viewers show the dataset colours, readers get the ids."""
-    image = Image.fromarray(mask.astype(np.uint8), mode="P")
-    flat = [c for colour in palette for c in colour]
-    image.putpalette(flat + [255, 255, 255] * (256 - len(palette)))
-    image.save(path)
 
 
 def _output_names(files: list[Path]) -> list[str]:
@@ -62,10 +57,8 @@ def predict_files(module: Any, files: list[Path], out_dir: Path, alpha: float = 
     """Writes `<stem>_mask.png` (class indices, palette PNG) and `<stem>_overlay.png` per image.
     An unreadable image, or one that fails in the model (e.g. out of memory), is reported and
     skipped. Returns (written, [(file, problem)])."""
-    from segframe.data.browse import overlay
-
     if any(f.parent.resolve() == out_dir.resolve() for f in files):
-        raise ValueError(f"output={out_dir} holds the input images; write the predictions to another folder")
+        raise ConfigError(f"output={out_dir} holds the input images; write the predictions to another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     module.eval().to(device)
     failed: list[tuple[str, str]] = []
@@ -80,7 +73,7 @@ def predict_files(module: Any, files: list[Path], out_dir: Path, alpha: float = 
             tqdm.write(f"skipping {path}: {exc}{hint}")  # keeps the progress bar intact
             failed.append((str(path), f"{exc}{hint}"))
             continue
-        index_png(mask, module.palette, out_dir / f"{name}_mask.png")
+        save_index_png(mask, module.palette, out_dir / f"{name}_mask.png")
         Image.fromarray(overlay(image, mask, module.palette, alpha)).save(out_dir / f"{name}_overlay.png")
         written += 1
     return written, failed
@@ -88,12 +81,9 @@ def predict_files(module: Any, files: list[Path], out_dir: Path, alpha: float = 
 
 def predict(cfg: DictConfig, run_dir: Path) -> int:
     """Entry logic of `python -m segframe.predict`; returns the exit code."""
-    from segframe.config import check_keys
-    from segframe.workflow import inference_options, load_checkpoint, module_from_checkpoint
-
     check_keys(cfg, "predict")
     files = list_inputs(str(cfg.input))
-    module = module_from_checkpoint(load_checkpoint(cfg.ckpt), inference_options(cfg.eval))
+    module = module_from_checkpoint(load_checkpoint(cfg.ckpt), components.inference_options(cfg.eval))
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     out_dir = Path(cfg.output) if cfg.output else run_dir
     written, failed = predict_files(module, files, out_dir, float(cfg.overlay_alpha), device)

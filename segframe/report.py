@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import subprocess
 from collections.abc import Sequence
@@ -12,13 +13,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
-from segframe.data.sample import IGNORE_INDEX
-from segframe.metric_names import image_summary_keys, summary_keys
+from segframe.data.colours import IGNORE_COLOUR, colorize
+from segframe.metric_names import SUMMARY_HEADERS, image_summary_keys, percent, summary_keys
 from segframe.metrics import scores
 from segframe.paths import REPO_ROOT
 
-IGNORE_COLOUR = (255, 255, 255)
+log = logging.getLogger("segframe")
+
 
 
 def git_commit() -> str:
@@ -33,17 +36,8 @@ def git_commit() -> str:
         return "unknown"
 
 
-def percent(x: float | None) -> str:
-    """A fraction as the tables print it: percent with two decimals."""
-    return "n/a" if x is None or math.isnan(x) else f"{100 * x:.2f}"
-
-
 def _json_number(v: Any) -> Any:
     return None if isinstance(v, float) and math.isnan(v) else v  # JSON has no NaN
-
-
-SUMMARY_HEADERS = {"miou": "mIoU %", "mdice": "mDice %", "mean_acc": "mean acc %", "pixel_acc": "pixel acc %",
-                   "fwiou": "fwIoU %", "miou_img": "mIoU per image %", "mdice_img": "mDice per image %"}
 
 
 def per_class_rows(result: dict[str, Any], classes: Sequence[str],
@@ -82,13 +76,6 @@ def markdown_table(result: dict[str, Any], classes: Sequence[str], image_result:
                   "| " + " | ".join("---:" for _ in image_summary_keys()) + " |",
                   "| " + " | ".join(percent(image_result[k]) for k in image_summary_keys()) + " |"]
     return "\n".join(lines) + "\n"
-
-
-def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    lut[IGNORE_INDEX] = IGNORE_COLOUR
-    return lut[mask]
 
 
 def _font() -> Any:
@@ -233,4 +220,19 @@ def write_report(run_dir: str | Path, confmat: torch.Tensor | np.ndarray, classe
     confusion_plot(cm, classes, run_dir / "confusion_matrix.png")
     if examples is not None and examples[0]:
         prediction_grid(*examples, palette, run_dir / "predictions.png", classes=classes)
+    return metrics
+
+
+def finish_run(run_dir: Path, config: Any, confmat: torch.Tensor, image_result: dict[str, Any] | None,
+               classes: Sequence[str], palette: Sequence[Sequence[int]], info: dict[str, Any],
+               examples: tuple[list, list, list] | None) -> dict[str, Any]:
+    """The end of a train or eval run: its resolved config, the report (write_report), and the
+    per-class table and summary printed for the person watching. Returns the metrics."""
+    OmegaConf.save(config, run_dir / "config.yaml", resolve=True)
+    metrics = write_report(run_dir, confmat, classes, palette, info, examples, image_result=image_result)
+    print(f"\n{info['dataset']} {info['split']} ({info['num_samples']} images):\n" + (run_dir / "per_class.md").read_text())
+    log.info("%s %s: mIoU %.2f  mDice %.2f  mean acc %.2f  pixel acc %.2f  fwIoU %.2f  | per image: mIoU %.2f  "
+             "mDice %.2f  (report in %s)", info["dataset"], info["split"],
+             *(100 * (metrics[k] or 0) for k in ("miou", "mdice", "mean_acc", "pixel_acc", "fwiou", "miou_img",
+                                                  "mdice_img")), run_dir)
     return metrics

@@ -21,12 +21,9 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from segframe.atomic import write_text_atomic
 from segframe.checkpointing import LAST, PARTIAL
+from segframe.errors import ResumeError
 
 log = logging.getLogger("segframe")
-
-
-class ResumeError(ValueError):
-    """`resume=` names no usable checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +64,8 @@ def find_resume(resume: str | None, run_dir: Path, config: dict[str, Any]) -> Re
             f"segframe training checkpoint; pass another one, or delete it to start the run afresh") from exc
     owner = path.parent.parent if path.parent.name == "checkpoints" else run_dir
     _clean(path.parent)
-    before = (ckpt.get("hyper_parameters") or {}).get("config") or {}
+    # checkpoints before `run_config` existed kept the run's config among the module's hyper-parameters
+    before = ckpt.get("run_config") or (ckpt.get("hyper_parameters") or {}).get("config") or {}
     log.info("resuming %s from %s (%d epochs and %d optimizer steps done)", owner, path, epoch, step)
     changed = config_changes(before, config)
     if changed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
+from segframe.errors import ConfigError
 
 
 class WarmupPoly(LambdaLR):
@@ -16,13 +17,13 @@ class WarmupPoly(LambdaLR):
     def __init__(self, optimizer: torch.optim.Optimizer, total_iters: int, warmup_iters: int = 0,
                  power: float = 0.9, last_epoch: int = -1):
         if int(total_iters) < 1:
-            raise ValueError(f"scheduler.total_iters must be >= 1, got {total_iters}")
+            raise ConfigError(f"scheduler.total_iters must be >= 1, got {total_iters}")
         if int(warmup_iters) < 0 or int(warmup_iters) >= int(total_iters):
-            raise ValueError(f"scheduler.warmup_iters must be in 0..total_iters-1 ({int(total_iters) - 1}), got "
+            raise ConfigError(f"scheduler.warmup_iters must be in 0..total_iters-1 ({int(total_iters) - 1}), got "
                              f"{warmup_iters}: this run has {int(total_iters)} optimizer steps; lower "
                              f"scheduler.warmup_iters or train longer (trainer.max_epochs / trainer.max_steps)")
         if power <= 0:
-            raise ValueError(f"scheduler.power must be > 0, got {power}")
+            raise ConfigError(f"scheduler.power must be > 0, got {power}")
         self.total_iters, self.warmup_iters, self.power = int(total_iters), int(warmup_iters), float(power)
         super().__init__(optimizer, self.factor, last_epoch)
 

@@ -23,16 +23,13 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from segframe.metric_names import image_summary_keys, summary_keys
-from segframe.report import SUMMARY_HEADERS, percent
+from segframe.cli import fail
+from segframe.errors import LaunchError
+from segframe.metric_names import SUMMARY_HEADERS, image_summary_keys, percent, summary_keys
 
 log = logging.getLogger(__name__)
 
 OPTUNA_RESULTS = "optimization_results.yaml"  # written by hydra-optuna-sweeper in the sweep dir
-
-
-class LaunchError(ValueError):
-    """A process layout that cannot work; refused before any training (and it ends a sweep)."""
 
 
 # --------------------------------------------------------------------------- summary
@@ -80,8 +77,6 @@ class SweepSummary(Callback):
     that cannot work. After the last: write the summary table in the sweep dir."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from segframe.cli import fail
-
         try:
             check_sweep(config)
         except LaunchError as exc:

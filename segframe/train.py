@@ -6,9 +6,11 @@ summary table of every run's overrides and metrics when the sweep ends. Launcher
 and which multi-GPU layouts a sweep can use: segframe/sweep.py and README "Sweeps".
 """
 
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from segframe import paths
@@ -17,12 +19,9 @@ from segframe.cli import run
 
 @hydra.main(config_path=str(paths.CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    from pathlib import Path
-
-    from hydra.types import RunMode
-
+    # imported here, not above: `--help` and `--cfg job` answer without loading torch and Lightning
     from segframe import sweep
-    from segframe.workflow import train
+    from segframe.training import train
 
     def job() -> float:
         sweep.export_submitit_local_ranks()  # a submitit_local task is one of its job's processes

@@ -153,3 +153,21 @@ def test_checkpoint_part_compares_the_atomic_writer_with_lightnings(tmp_path):
     assert rows[0]["mib"] > 80 and all(rows[0][w][0] > 0 for w in ("lightning", "atomic"))
     assert not list(tmp_path.iterdir())  # nothing left behind
     assert "atomic/lightning" in report(rows, str(tmp_path)) and "FCN-32s resnet18" in report(rows, str(tmp_path))
+
+
+def test_overhead_bare_loop_is_the_knobs_training_step_and_the_part_reports():
+    from segframe.bench import overhead
+    from segframe.models.fcn import FCN
+
+    batch = step.make_batch(2, 32, 6, CPU)
+    knob_step = step.build_step("resnet18", "baseline", CPU, classes=6, stride=32)
+    for _ in range(2):
+        knob_step(*batch)
+    torch.manual_seed(0)  # as build_step: the same initial weights
+    bare_model = FCN(6, 32, "resnet18")
+    assert overhead.bench_bare(bare_model, batch, steps=1, warmup=1, device=CPU) > 0
+    assert all(torch.equal(a, b) for a, b in zip(knob_step.model.parameters(), bare_model.parameters()))
+    bare, light = overhead.bench_overhead("resnet18", 32, 2, 32, steps=1, warmup=1, repeats=1, device=CPU)
+    assert len(bare) == len(light) == 1 and bare[0] > 0 and light[0] > 0
+    text = overhead.report(bare, light, "resnet18", 32, 2, 32, 1, 1)
+    assert "bare PyTorch loop" in text and "overhead ratio (Lightning / bare)" in text

@@ -8,15 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from segframe.bench.common import fmt, median, mib, table
+from segframe.checkpointing import AtomicCheckpointIO
+from segframe.models.fcn import FCN
 
 
 def training_state(backbone: str, stride: int, classes: int = 21) -> dict[str, Any]:
     """What dominates a Lightning checkpoint's bytes: the model's state_dict and the optimizer's
     state after a step (SGD momentum: one buffer per parameter)."""
-    from segframe.models.fcn import FCN
-
     model = FCN(classes, stride, backbone, pretrained=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     for p in model.parameters():
@@ -27,10 +28,6 @@ def training_state(backbone: str, stride: int, classes: int = 21) -> dict[str, A
 
 
 def bench_checkpoint(backbones: list[str], stride: int, repeats: int, folder: Path) -> list[dict[str, Any]]:
-    from pytorch_lightning.plugins.io import TorchCheckpointIO
-
-    from segframe.checkpointing import AtomicCheckpointIO
-
     writers = {"lightning": TorchCheckpointIO(), "atomic": AtomicCheckpointIO()}
     rows = []
     for backbone in backbones:

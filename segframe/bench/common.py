@@ -27,6 +27,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds that fn() takes, its queued GPU work included."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
 def _cpuinfo() -> tuple[str, int | None]:
     """(CPU model name, physical cores) from /proc/cpuinfo; (platform's name, None) elsewhere."""
     name, cores = "", set()

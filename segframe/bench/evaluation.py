@@ -5,12 +5,15 @@ fraction of the forward pass on the same eval batch (inference mode, as Lightnin
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
 
-from segframe.bench.common import median, sync
+from segframe.bench.common import fmt, median, table, timed
+from segframe.bench.step import make_batch
+from segframe.metrics import ConfusionMatrix
+from segframe.models.fcn import FCN
+from segframe.module import to_input
 
 
 @dataclass
@@ -32,36 +35,22 @@ class EvalRow:
 
 
 def _time(fn, device: torch.device, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return 1000 * median(times)
+    """Median ms of `reps` calls of fn()."""
+    return 1000 * median([timed(fn, device) for _ in range(reps)])
 
 
 def bench_eval(backbone: str, batch: int, height: int, width: int, device: torch.device, classes: int = 21,
                stride: int = 8, forward_reps: int = 3, metric_reps: int = 20) -> EvalRow:
-    from segframe.bench.step import IGNORE
-    from segframe.metrics import ConfusionMatrix
-    from segframe.models.fcn import FCN
-
     torch.manual_seed(0)
     model = FCN(classes, stride, backbone, pretrained=False).to(device).eval()
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8, generator=g).to(device)
-    masks = torch.randint(0, classes, (batch, height, width), generator=g)
-    masks[torch.rand(masks.shape, generator=g) < 0.05] = IGNORE  # VOC's void borders: ~5% of pixels
-    masks = masks.to(device)
+    images, masks = make_batch(batch, height, classes, device, width=width)
     metric = ConfusionMatrix(classes).to(device)
     row = EvalRow(backbone, batch, height, width, forward_reps=forward_reps, metric_reps=metric_reps)
     with torch.inference_mode():
         out: dict[str, torch.Tensor] = {}
 
         def forward() -> None:
-            out["logits"] = model(images.float().div_(255.0))  # SegModule.forward
+            out["logits"] = model(to_input(images))  # as SegModule.forward
 
         forward()  # warm-up
         row.forward_ms = _time(forward, device, forward_reps)
@@ -74,8 +63,6 @@ def bench_eval(backbone: str, batch: int, height: int, width: int, device: torch
 
 
 def report(rows: list[EvalRow]) -> str:
-    from segframe.bench.common import fmt, table
-
     return table(["model", "batch", "HxW", "forward ms", "argmax ms", "confmat update ms", "metric / forward",
                   "reps (fwd, metric)"],
                  [[r.model, str(r.batch), f"{r.height}x{r.width}", r.forward_ms, fmt(r.argmax_ms, 2),

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from segframe.bench.common import fmt, table
 from segframe.data.datamodule import ShardStream, TrainStream, pad_collate
 from segframe.data.sample import check_mask, decode_image, decode_mask
 from segframe.data.shards import read_manifest, shard_urls
@@ -236,14 +237,10 @@ def bench_dataloader(shard_dir: Path, crop: int, batch: int, workers: int, epoch
 
 
 def report_loader(rows: list[tuple]) -> str:
-    from segframe.bench.common import table
-
     return table(["pipeline", "workers", "samples/s", "per worker"], [list(r) for r in rows])
 
 
 def report_files(rows: list[FilesRow]) -> str:
-    from segframe.bench.common import fmt, table
-
     return table(["workers", "shards samples/s", "per worker", "files samples/s", "per worker", "shards / files",
                   "samples (shards, files)"],
                  [[str(r.workers), r.shard_rate, r.shard_rate / max(r.workers, 1), r.file_rate,
@@ -252,8 +249,6 @@ def report_files(rows: list[FilesRow]) -> str:
 
 
 def report_dataloader(rows: list[DataLoaderRow]) -> str:
-    from segframe.bench.common import fmt, table
-
     lines = [table(["knob", "samples/s", "speed-up", "first batch s", "epoch s", "distinct epochs"],
                    [[r.knob, "skipped", "-", "-", "-", "-"] if r.status != "ok" else
                     [r.knob, r.rate, fmt(r.speedup, 2), fmt(r.first_batch_s, 2), fmt(r.epoch_s, 2),

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segframe.bench.common import mib, peak_rss, rss, run_in_child
+import torch
+
+from segframe.bench.common import fmt, mib, peak_rss, rss, run_in_child, table
 
 
 @dataclass
@@ -34,8 +36,8 @@ class TrainMemoryRow:
 def train_memory(backbone: str, batch: int, size: int, steps: int, device: str = "cpu", classes: int = 21,
                  stride: int = 8) -> TrainMemoryRow:
     """Runs `steps` plain fp32 training steps in this process; call it through run_in_child."""
-    import torch
-
+    # imported here, not with this module: the loader passes run in child processes that import this
+    # module too, and their RSS figures should not include the model code (segframe.models, torchvision)
     from segframe.bench.step import build_step, make_batch
 
     dev = torch.device(device)
@@ -115,7 +117,7 @@ def shapes_data(root: Path, base: int, factors: list[int], image_size: int = 64)
     """Shards of max(factors) * `base` generated shapes images (`image_size` px PNG) in shards of
     `base / 2` samples, and the same images and masks as files (the shards' own bytes), so that the
     first f * base samples of either are a dataset of that size. Returns (shard dir, items)."""
-    from segframe.data.sample import IMAGE_EXTS, MASK_EXT
+    from segframe.data.sample import IMAGE_ENTRIES, MASK_EXT
     from segframe.data.shards import iter_shard, read_manifest, shard_urls, write_dataset
     from segframe.data.sources.shapes import CLASSES, PALETTE, ShapesSource
 
@@ -128,7 +130,7 @@ def shapes_data(root: Path, base: int, factors: list[int], image_size: int = 64)
     items = []
     for url, count in shard_urls(read_manifest(shard_dir), "train", shard_dir):
         for sample in iter_shard(url, count):
-            ext = next(e for e in IMAGE_EXTS if e in sample)
+            ext = next(e for e in IMAGE_ENTRIES if e in sample)
             key = sample["__key__"]
             (images / f"{key}.{ext}").write_bytes(sample[ext])
             (masks / f"{key}.png").write_bytes(sample[MASK_EXT])
@@ -157,8 +159,6 @@ def loader_memory(shard_dir: Path, items: list, base: int, factors: list[int], b
 
 
 def report_train(rows: list[TrainMemoryRow]) -> str:
-    from segframe.bench.common import table
-
     return table(["model", "batch", "size", "steps", "RSS at start MiB", "model+batch MiB", "peak RSS MiB",
                   "peak - model MiB", "cuda max allocated MiB"],
                  [[r.model, str(r.batch), str(r.size), str(r.steps), r.rss_start_mib, r.rss_model_mib, r.peak_rss_mib,
@@ -166,8 +166,6 @@ def report_train(rows: list[TrainMemoryRow]) -> str:
 
 
 def report_loader(rows: list[LoaderMemoryRow]) -> str:
-    from segframe.bench.common import fmt, table
-
     lines = [table(["reader", "samples", "data MiB", "pass s", "RSS before MiB", "RSS peak MiB", "growth MiB",
                     "worker RSS first MiB", "worker peak MiB", "worker growth MiB"],
                    [[r.reader, str(r.samples), r.data_mib, r.seconds, r.rss_before_mib, r.rss_peak_mib, r.growth_mib,

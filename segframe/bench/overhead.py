@@ -4,29 +4,31 @@ same model and batch, alternated so that drift affects both sides alike."""
 from __future__ import annotations
 
 import functools
+import logging
 import time
+import warnings
 
+import pytorch_lightning as pl
 import torch
 
 from segframe.bench.common import median, sync
+from segframe.bench.step import make_batch, train_step
+from segframe.models.fcn import FCN
+from segframe.module import SegModule
 
 
 def bench_bare(model: torch.nn.Module, batch: tuple, steps: int, warmup: int,
                device: torch.device = torch.device("cpu")) -> float:
-    """Seconds per step of the loop one would write by hand: forward, CE, backward, SGD step."""
-    model.to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    """Seconds per step of the loop one would write by hand: forward, CE, backward, SGD step (the
+    knobs' baseline step, step.train_step)."""
+    step = train_step(model, device)
     images, masks = (t.to(device) for t in batch)
     model.train()
     for i in range(warmup + steps):
         if i == warmup:
             sync(device)
             start = time.perf_counter()
-        x = images.float().div_(255.0)
-        loss = torch.nn.functional.cross_entropy(model(x), masks, ignore_index=255)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        step(images, masks)
     sync(device)
     return (time.perf_counter() - start) / steps
 
@@ -34,13 +36,6 @@ def bench_bare(model: torch.nn.Module, batch: tuple, steps: int, warmup: int,
 def bench_lightning(model: torch.nn.Module, batch: tuple, steps: int, warmup: int, classes: int,
                     device: torch.device = torch.device("cpu")) -> float:
     """Seconds per step of SegModule under pl.Trainer (loss, logging, metrics hooks, loop)."""
-    import logging
-    import warnings
-
-    import pytorch_lightning as pl
-
-    from segframe.module import SegModule
-
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # it sets INFO on import
     warnings.filterwarnings("ignore", module="pytorch_lightning")  # "no val_dataloader" etc.: keep the figures readable
     times: list[float] = []
@@ -68,9 +63,6 @@ def bench_lightning(model: torch.nn.Module, batch: tuple, steps: int, warmup: in
 def bench_overhead(backbone: str, stride: int, batch_size: int, size: int, steps: int, warmup: int, repeats: int,
                    device: torch.device, classes: int = 6) -> tuple[list[float], list[float]]:
     """([bare s/step per repeat], [Lightning s/step per repeat])."""
-    from segframe.bench.step import make_batch
-    from segframe.models.fcn import FCN
-
     batch = tuple(t.cpu() for t in make_batch(batch_size, size, classes, torch.device("cpu")))
     bare, light = [], []
     for _ in range(repeats):

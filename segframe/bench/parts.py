@@ -1,4 +1,6 @@
-"""One function per `--only` part: run it with the command line's settings, return its text."""
+"""One function per `--only` part: run it with the command line's settings, return its text. Each
+imports its bench module when it runs, so that a run of one part does not load every other's
+dependencies (Lightning, the converters, albumentations)."""
 
 from __future__ import annotations
 
@@ -8,22 +10,12 @@ from pathlib import Path
 
 import torch
 
-
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in str(text).split(",") if v.strip()]
-
-
-def _names(text: str) -> list[str]:
-    return [v.strip() for v in str(text).split(",") if v.strip()]
+from segframe.bench.common import matmul_peak, run_in_child
+from segframe.bench.options import height_width, ints, names
 
 
 def _progress(message: str) -> None:
     print(f"  .. {message}", file=sys.stderr, flush=True)
-
-
-def _hw(text: str) -> tuple[int, int]:
-    h, _, w = str(text).lower().partition("x")
-    return int(h), int(w or h)
 
 
 def _voc_like(args: argparse.Namespace, tmp: Path) -> tuple[Path, list]:
@@ -40,7 +32,7 @@ def _voc_like(args: argparse.Namespace, tmp: Path) -> tuple[Path, list]:
 def convert(args: argparse.Namespace, tmp: Path) -> str:
     from segframe.bench.convert import bench_convert, report
 
-    raw, rows = bench_convert(args.convert_images, _ints(args.convert_workers),
+    raw, rows = bench_convert(args.convert_images, ints(args.convert_workers),
                               args.repeats if args.only == ["convert"] else 1)
     return report(raw, rows, args.convert_images)
 
@@ -52,7 +44,7 @@ def loader(args: argparse.Namespace, tmp: Path) -> str:
 
     shard_dir = tmp / "shapes96"
     write_dataset(ShapesSource(num_train=400, num_val=8, size=96), shard_dir, "shapes", CLASSES, PALETTE, shard_size=50)
-    rows = bench_loader(shard_dir, crop=96, batch=8, workers=_ints(args.workers), seconds=args.seconds)
+    rows = bench_loader(shard_dir, crop=96, batch=8, workers=ints(args.workers), seconds=args.seconds)
     return (f"SegDataModule.train_dataloader() over shapes 96x96 PNG shards (400 samples), batch 8, "
             f"{args.seconds:g} s per setting\n" + report_loader(rows))
 
@@ -61,7 +53,7 @@ def files(args: argparse.Namespace, tmp: Path) -> str:
     from segframe.bench.loader import bench_files, report_files
 
     shard_dir, items = _voc_like(args, tmp)
-    rows = bench_files(shard_dir, items, args.crop, args.loader_batch, _ints(args.workers), args.seconds)
+    rows = bench_files(shard_dir, items, args.crop, args.loader_batch, ints(args.workers), args.seconds)
     return (f"{len(items)} VOC-like 500x375 JPEG + palette PNG pairs (page cache), default_train augmentation "
             f"(scale 0.5-2, pad, crop {args.crop}, flip, colour jitter), batch {args.loader_batch}, "
             f"{args.seconds:g} s per setting (whole epochs; the first batch, i.e. the first worker start-up, not "
@@ -74,7 +66,7 @@ def dataloader(args: argparse.Namespace, tmp: Path) -> str:
 
     shard_dir, _ = _voc_like(args, tmp)
     rows = bench_dataloader(shard_dir, args.crop, args.loader_batch, args.dl_workers, args.dl_epochs, args.dl_batches,
-                            _ints(args.prefetch), args.device)
+                            ints(args.prefetch), args.device)
     return (f"shard stream, default_train crop {args.crop}, batch {args.loader_batch}, {args.dl_workers} workers, "
             f"{args.dl_epochs} epochs of {args.dl_batches} batches, timed from the first request (worker start-up "
             f"included); baseline = SegDataModule today (persistent_workers=False, prefetch_factor=2)\n"
@@ -82,15 +74,14 @@ def dataloader(args: argparse.Namespace, tmp: Path) -> str:
 
 
 def memory(args: argparse.Namespace, tmp: Path) -> str:
-    from segframe.bench.common import run_in_child
     from segframe.bench.memory import loader_memory, report_loader, report_train, shapes_data, train_memory
 
     rows = []
-    for model in _names(args.models):
+    for model in names(args.models):
         _progress(f"memory: {args.memory_steps} training steps of {model} in a fresh process")
         rows.append(run_in_child(train_memory, model, args.batch, args.size, args.memory_steps, str(args.device),
                                  21, args.stride))
-    factors = _ints(args.memory_factors)
+    factors = ints(args.memory_factors)
     shard_dir, items = shapes_data(tmp / "memory", args.memory_samples, factors)
     loader_rows = loader_memory(shard_dir, items, args.memory_samples, factors)
     return (f"training: FCN-{args.stride}s, batch {args.batch}, {args.size}x{args.size}, fp32, SGD momentum, "
@@ -104,9 +95,9 @@ def memory(args: argparse.Namespace, tmp: Path) -> str:
 def evaluation(args: argparse.Namespace, tmp: Path) -> str:
     from segframe.bench.evaluation import bench_eval, report
 
-    h, w = _hw(args.eval_size)
+    h, w = height_width(args.eval_size)
     rows = [bench_eval(m, args.eval_batch, h, w, args.device, stride=args.stride, forward_reps=args.eval_reps)
-            for m in _names(args.models)]
+            for m in names(args.models)]
     return ("SegModule eval step's metric work (logits.argmax(1) + ConfusionMatrix.update, 21 classes, 5% void) vs "
             "the forward pass (inference mode, fp32), median of the reps\n" + report(rows))
 
@@ -125,22 +116,21 @@ def checkpoint(args: argparse.Namespace, tmp: Path) -> str:
 
     folder = Path(args.checkpoint_dir) if args.checkpoint_dir else tmp / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
-    rows = bench_checkpoint(_names(args.models), args.stride, args.checkpoint_repeats, folder)
+    rows = bench_checkpoint(names(args.models), args.stride, args.checkpoint_repeats, folder)
     return report(rows, str(folder))
 
 
 def knobs(args: argparse.Namespace, tmp: Path) -> str:
-    from segframe.bench.common import matmul_peak
     from segframe.bench.step import bench_knobs, make_batch, measure, report, skip_reason
 
-    device, knob_names = args.device, _names(args.knobs)
+    device, knob_names = args.device, names(args.knobs)
     peak_size = args.peak_size or (8192 if device.type == "cuda" else 2048)
     dtypes = {"fp32": torch.float32}
     for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
         if name in knob_names and skip_reason(name, device) is None:
             dtypes[name] = dtype
     peaks = {name: matmul_peak(device, dtype, peak_size) for name, dtype in dtypes.items()}
-    rows = bench_knobs(_names(args.models), knob_names, args.batch, args.size, device,
+    rows = bench_knobs(names(args.models), knob_names, args.batch, args.size, device,
                        {k: v["gflops"] for k, v in peaks.items()}, stride=args.stride, warmup=args.warmup,
                        max_steps=args.steps, min_steps=args.min_steps, budget_s=args.budget,
                        max_slowdown=args.max_slowdown, log=_progress)

@@ -14,7 +14,6 @@ import math
 import os
 import shutil
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,11 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from segframe.bench.common import median, sync
+from segframe.bench.common import fmt, median, table, timed
+from segframe.data.sample import IGNORE_INDEX
+from segframe.models.fcn import FCN
+from segframe.module import to_input
 
 KNOBS = ("channels_last", "bf16", "fp16", "compile", "cudnn_benchmark")
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-IGNORE = 255
 
 
 @dataclass
@@ -48,12 +49,15 @@ class StepRow:
     flops: float = math.nan  # of one step
 
 
-def make_batch(batch: int, size: int, classes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the loader hands over: uint8 images [B,3,S,S] and int64 masks with a few void pixels."""
+def make_batch(batch: int, size: int, classes: int, device: torch.device,
+               width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the loader hands over: uint8 images [B,3,H,W] (H = `size`, W = `width` or `size`) and
+    int64 masks with ~5% void pixels (VOC's void borders), the same for every call (seed 0)."""
     g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g)
-    masks = torch.randint(0, classes, (batch, size, size), generator=g)
-    masks[torch.rand(masks.shape, generator=g) < 0.05] = IGNORE
+    height, width = size, width or size
+    images = torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8, generator=g)
+    masks = torch.randint(0, classes, (batch, height, width), generator=g)
+    masks[torch.rand(masks.shape, generator=g) < 0.05] = IGNORE_INDEX
     return images.to(device), masks.to(device)
 
 
@@ -88,13 +92,12 @@ def skip_reason(knob: str, device: torch.device) -> str | None:
     return None
 
 
-def build_step(backbone: str, knob: str, device: torch.device, classes: int = 21,
-               stride: int = 8) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """A fresh FCN (seed 0, random init) and a closure doing one training step with `knob` on."""
-    from segframe.models.fcn import FCN
-
-    torch.manual_seed(0)
-    model = FCN(classes, stride, backbone, pretrained=False).to(device)
+def train_step(model: torch.nn.Module, device: torch.device,
+               knob: str = "baseline") -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """A closure doing one training step of `model` (moved to `device`) with `knob` on: the loop
+    one would write by hand (uint8 -> float as SegModule does, forward, cross-entropy, backward,
+    SGD with momentum). The knobs, memory and Lightning-overhead figures all time this step."""
+    model = model.to(device)
     channels_last = knob == "channels_last"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -104,11 +107,11 @@ def build_step(backbone: str, knob: str, device: torch.device, classes: int = 21
     scaler = torch.amp.GradScaler("cuda") if knob == "fp16" else None
 
     def step(images: torch.Tensor, masks: torch.Tensor) -> None:
-        x = images.float().div_(255.0)  # as SegModule.to_input
+        x = to_input(images)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
-            loss = F.cross_entropy(forward(x), masks, ignore_index=IGNORE)
+            loss = F.cross_entropy(forward(x), masks, ignore_index=IGNORE_INDEX)
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -120,6 +123,13 @@ def build_step(backbone: str, knob: str, device: torch.device, classes: int = 21
 
     step.model = model  # type: ignore[attr-defined]
     return step
+
+
+def build_step(backbone: str, knob: str, device: torch.device, classes: int = 21,
+               stride: int = 8) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """A fresh FCN (seed 0, random init) and train_step()'s closure for it with `knob` on."""
+    torch.manual_seed(0)
+    return train_step(FCN(classes, stride, backbone, pretrained=False), device, knob)
 
 
 def step_flops(step: Callable, images: torch.Tensor, masks: torch.Tensor) -> int:
@@ -141,14 +151,6 @@ def _cudnn_benchmark(on: bool):
         torch.backends.cudnn.benchmark = old
 
 
-def _timed(step: Callable, images: torch.Tensor, masks: torch.Tensor, device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    step(images, masks)
-    sync(device)
-    return time.perf_counter() - start
-
-
 def measure(backbone: str, knob: str, images: torch.Tensor, masks: torch.Tensor, device: torch.device, *,
             classes: int = 21, stride: int = 8, warmup: int = 1, max_steps: int = 20, min_steps: int = 2,
             budget_s: float = 20.0, count_flops: bool = False) -> StepRow:
@@ -161,15 +163,13 @@ def measure(backbone: str, knob: str, images: torch.Tensor, masks: torch.Tensor,
         warm: list[float] = []
         for i in range(max(1, warmup) + (knob == "compile")):
             if i == 0 and count_flops:
-                sync(device)
-                start = time.perf_counter()
-                row.flops = float(step_flops(step, images, masks))
-                sync(device)
-                warm.append(time.perf_counter() - start)
+                counted: list[int] = []
+                warm.append(timed(lambda: counted.append(step_flops(step, images, masks)), device))
+                row.flops = float(counted[0])
             else:
-                warm.append(_timed(step, images, masks, device))
+                warm.append(timed(lambda: step(images, masks), device))
         n = max(min_steps, min(max_steps, int(budget_s / max(warm[-1], 1e-9))))
-        times = [_timed(step, images, masks, device) for _ in range(n)]
+        times = [timed(lambda: step(images, masks), device) for _ in range(n)]
     row.steps, row.first_s = n, warm[0]
     seconds = median(times)
     row.ms, row.img_s = 1000 * seconds, row.batch / seconds
@@ -188,7 +188,7 @@ def probe_slowdown(backbone: str, knob: str, device: torch.device, size: int, cl
     times: dict[str, list[float]] = {k: [] for k in steps}
     for i in range(3):  # interleaved, so that a burst of load on a shared machine hits both
         for k, step in steps.items():
-            t = _timed(step, images, masks, device)
+            t = timed(lambda: step(images, masks), device)
             if i:
                 times[k].append(t)
     return min(times[knob]), min(times["baseline"])
@@ -247,8 +247,6 @@ def bench_knobs(backbones: list[str], knobs: list[str], batch: int, size: int, d
 
 def report(rows: list[StepRow], peaks: dict[str, dict]) -> str:
     """The knob table, then skipped knobs with their reasons."""
-    from segframe.bench.common import fmt, table
-
     lines = ["matmul peak (square, same device): " + ", ".join(
         f"{p['dtype']} {p['gflops']:.1f} GFLOP/s at {p['size']}" for p in peaks.values())]
     body = []

@@ -10,21 +10,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from segframe.data.sample import IGNORE_INDEX, decode_sample
-from segframe.data.shards import iter_shard, read_manifest, shard_urls, split_info
-from segframe.report import colorize
+from segframe.data.colours import overlay
+from segframe.data.sample import decode_sample
+from segframe.data.manifest import read_manifest, shard_urls, split_info
+from segframe.data.shard_reader import iter_shard
 
 TILE = 256
 CAPTION = 14
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5) -> np.ndarray:
-    """The mask's class colours blended over the image; void pixels (255) hatched white."""
-    mixed = (1 - alpha) * image.astype(np.float32) + alpha * colorize(mask, palette).astype(np.float32)
-    yy, xx = np.indices(mask.shape)
-    hatch = (mask == IGNORE_INDEX) & ((yy + xx) % 6 < 2)
-    mixed[hatch] = 255
-    return mixed.astype(np.uint8)
 
 
 def _tile(image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], caption: str) -> Image.Image:

@@ -22,7 +22,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from segframe.data.sample import IGNORE_INDEX, decode_sample
-from segframe.data.shards import default_convert_hint, iter_shard, read_manifest, shard_urls, split_info
+from segframe.commands import convert_command_for
+from segframe.data.manifest import read_manifest, shard_urls, split_info
+from segframe.data.shard_reader import iter_shard
 
 Transform = Callable[..., dict]
 
@@ -241,7 +243,7 @@ class SegDataModule(pl.LightningDataModule):
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.pin_memory, self.persistent_workers, self.prefetch_factor = pin_memory, persistent_workers, prefetch_factor
         self.verify_checksums = verify_checksums
-        self.convert_hint = convert_hint or default_convert_hint(shard_dir)
+        self.convert_hint = convert_hint or convert_command_for(shard_dir)
         self.manifest = read_manifest(shard_dir, self.convert_hint)
         self.num_classes = len(self.manifest["classes"])
         self._train: ShardStream | None = None

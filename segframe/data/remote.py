@@ -35,13 +35,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from segframe.errors import ConfigError, LocationError, RemoteError
+
 PLACEHOLDER = "{name}"
 # seconds without any data (connecting, or between two reads) before a download is given up
 def _env_number(name: str, default: str, kind: type) -> Any:
     try:
         return kind(os.environ.get(name, default))
     except ValueError:
-        raise ValueError(f"environment variable {name}={os.environ[name]!r} is not a number; "
+        raise ConfigError(f"environment variable {name}={os.environ[name]!r} is not a number; "
                          f"set it to e.g. {default} or unset it") from None
 
 
@@ -53,21 +55,6 @@ _sleep = time.sleep  # the back-off between retries (tests replace it, not time.
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # no leading '-': it would read as an option
 _TRANSIENT_HTTP = {408, 429, 500, 502, 503, 504}
-
-
-class LocationError(ValueError):
-    """A `data.shard_dir` that names no usable location."""
-
-
-class RemoteError(OSError):
-    """A file of a remote dataset could not be fetched (the message says why)."""
-
-    def __init__(self, message: str, *_: Any):
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:  # OSError's own would show errno fields it does not have
-        return self.message
 
 
 def kind(location: str | os.PathLike) -> str:

@@ -21,15 +21,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from segframe.errors import SampleError
+
 IGNORE_INDEX = 255
-IMAGE_EXTS = ("jpg", "png")
+IMAGE_ENTRIES = ("jpg", "png")  # a shard sample's image entry: the source file's own JPEG/PNG bytes
+# image files segframe reads (converters of user folders, predict): what decode_image opens
+IMAGE_FILE_EXTS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp")
 MASK_EXT = "seg.png"
 META_EXT = "json"
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
-
-
-class SampleError(ValueError):
-    """A sample that breaks the contract (bad bytes, sizes or labels)."""
 
 
 @dataclass
@@ -189,11 +189,11 @@ def decode_sample(sample: dict, num_classes: int | None = None) -> tuple[np.ndar
     """Shard entries -> (HxWx3 uint8 image, HxW uint8 mask, meta). Only jpg/png/json are read."""
     key = sample.get("__key__", "?")
     where = f"{sample.get('__url__', 'shard')} key {key}"
-    ext = next((e for e in IMAGE_EXTS if e in sample), None)
+    ext = next((e for e in IMAGE_ENTRIES if e in sample), None)
     if ext is None or MASK_EXT not in sample or META_EXT not in sample:
         raise SampleError(
             f"{where}: incomplete sample, has {sorted(k for k in sample if not k.startswith('__'))}, "
-            f"expected one of {IMAGE_EXTS} plus {MASK_EXT!r} and {META_EXT!r}"
+            f"expected one of {IMAGE_ENTRIES} plus {MASK_EXT!r} and {META_EXT!r}"
         )
     image = decode_image(sample[ext], f"{where} ({ext})")
     mask = decode_mask(sample[MASK_EXT], f"{where} ({MASK_EXT})")

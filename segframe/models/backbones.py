@@ -19,6 +19,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from segframe.errors import ConfigError, MissingFileError, PretrainedWeightsError
+
 Pretrained = bool | str | os.PathLike
 
 RESNET_WEIGHTS = {
@@ -27,10 +29,6 @@ RESNET_WEIGHTS = {
     "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
     "resnet101": torchvision.models.ResNet101_Weights.IMAGENET1K_V1,
 }
-
-
-class PretrainedWeightsError(RuntimeError):
-    """ImageNet weights could not be downloaded (offline machine) and are not in the hub cache."""
 
 
 def mismatch_report(missing: Sequence[str], unexpected: Sequence[str], mismatched: Sequence[str]) -> str:
@@ -46,14 +44,14 @@ def mismatch_report(missing: Sequence[str], unexpected: Sequence[str], mismatche
 def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Fail with a readable message when `state` doesn't fit `model`."""
     if not isinstance(state, dict):
-        raise ValueError(f"{source}: expected a torchvision state_dict (a dict of tensors), got {type(state).__name__}")
+        raise ConfigError(f"{source}: expected a torchvision state_dict (a dict of tensors), got {type(state).__name__}")
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
                   if k in state and hasattr(state[k], "shape") and state[k].shape != v.shape]
     if missing or unexpected or mismatched:
-        raise ValueError(f"{source} does not match torchvision's {type(model).__name__} state_dict "
+        raise ConfigError(f"{source} does not match torchvision's {type(model).__name__} state_dict "
                          f"({mismatch_report(missing, unexpected, mismatched)}). Expected a state_dict saved from the "
                          f"torchvision classification model (model.state_dict()), not a segmentation checkpoint.")
 
@@ -62,7 +60,7 @@ def read_weights_file(pretrained: str | os.PathLike, example: str, download: str
     """The state_dict in a local weights file (`model.pretrained=PATH`), or the error saying what to pass."""
     path = Path(pretrained).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"Pretrained weights file not found: {path} (from model.pretrained={pretrained}). "
+        raise MissingFileError(f"Pretrained weights file not found: {path} (from model.pretrained={pretrained}). "
                                 f"Pass an existing file, e.g. model.pretrained=/path/to/{example}, "
                                 f"or model.pretrained=true for {download}, or model.pretrained=false.")
     # weights_only: never unpickle arbitrary objects from a file we did not create
@@ -152,7 +150,7 @@ class ResNetBackbone(nn.Module):
     def __init__(self, name: str = "resnet18", pretrained: Pretrained = False):
         super().__init__()
         if name not in RESNET_WEIGHTS:
-            raise ValueError(f"unknown ResNet {name!r}; valid: {', '.join(RESNET_WEIGHTS)}")
+            raise ConfigError(f"unknown ResNet {name!r}; valid: {', '.join(RESNET_WEIGHTS)}")
         resnet = getattr(torchvision.models, name)(weights=None)
         load_pretrained(resnet, pretrained, RESNET_WEIGHTS[name])
         self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from segframe.errors import ConfigError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,12 @@ class SegmentationModel(nn.Module):
         super().__init__()
         num_classes = int(num_classes)
         if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+            raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
         if channel_order not in ("rgb", "bgr"):
-            raise ValueError(f"channel_order must be 'rgb' or 'bgr' (Caffe-converted weights), got {channel_order!r}")
+            raise ConfigError(f"channel_order must be 'rgb' or 'bgr' (Caffe-converted weights), got {channel_order!r}")
         mean, std = [float(m) for m in mean], [float(s) for s in std]
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean and std need 3 values (RGB) and std > 0, got mean={mean}, std={std}")
+            raise ConfigError(f"mean and std need 3 values (RGB) and std > 0, got mean={mean}, std={std}")
         # plain copies for hparams/repr; the buffers are what forward uses (and move with .to(device))
         self.num_classes, self.channel_order = num_classes, channel_order
         self.norm_mean, self.norm_std, self.input_scale = tuple(mean), tuple(std), float(input_scale)
@@ -97,7 +98,7 @@ def _check_same_normalisation(model: nn.Module, ckpt: Any, file: Path) -> None:
                                   not torch.allclose(torch.tensor(mine[k], dtype=torch.float64),
                                                      torch.tensor(theirs[k], dtype=torch.float64)))]
     if differ:
-        raise ValueError(f"init_from {file} was trained with input normalisation "
+        raise ConfigError(f"init_from {file} was trained with input normalisation "
                          f"{ {k: theirs[k] for k in differ} } but this model uses { {k: mine[k] for k in differ} }; "
                          "set model.channel_order/input_scale/mean/std as the parent had them")
 
@@ -124,18 +125,18 @@ def load_matching_weights(model: nn.Module, path: str | os.PathLike) -> tuple[li
     """
     file = Path(path).expanduser()
     if not file.is_file():
-        raise FileNotFoundError(f"init_from checkpoint not found: {file} (from model.init_from={path})")
+        raise MissingFileError(f"init_from checkpoint not found: {file} (from model.init_from={path})")
     ckpt = torch.load(file, map_location="cpu", weights_only=True)
     state = ckpt["state_dict"] if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict) else ckpt
     if not isinstance(state, dict):
-        raise ValueError(f"{file}: expected a Lightning checkpoint or a state_dict, got {type(state).__name__}")
+        raise ConfigError(f"{file}: expected a Lightning checkpoint or a state_dict, got {type(state).__name__}")
     state = {k.removeprefix("model."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
     _check_same_normalisation(model, ckpt, file)
 
     own = model.state_dict()
     clash = _class_count_clash(model, own, state)
     if clash:
-        raise ValueError(f"{file}: {clash}; init_from needs the same class list: use a checkpoint trained on "
+        raise ConfigError(f"{file}: {clash}; init_from needs the same class list: use a checkpoint trained on "
                          f"this dataset's classes, or drop model.init_from")
     copied, new, mismatched = [], [], []
     with torch.no_grad():
@@ -149,7 +150,7 @@ def load_matching_weights(model: nn.Module, path: str | os.PathLike) -> tuple[li
                 if src is not None:
                     mismatched.append(f"{name} {tuple(src.shape)} -> {tuple(tensor.shape)}")
     if not copied:
-        raise ValueError(f"init_from {file}: no tensor matches this model by name and shape "
+        raise ConfigError(f"init_from {file}: no tensor matches this model by name and shape "
                          f"(a checkpoint of a different backbone or model family?)")
     log.info("init_from %s: copied %d tensors (%s)", file, len(copied), _group(copied))
     log.info("init_from %s: new (kept initialisation) %d tensors: %s", file, len(new), ", ".join(new) or "none")

@@ -17,6 +17,7 @@ from torch import nn
 from segframe.models.backbones import RESNET_WEIGHTS, Pretrained, ResNetBackbone
 from segframe.models.base import IMAGENET_MEAN, IMAGENET_STD, OUTPUT_STRIDES, SegmentationModel
 from segframe.models.fcn import score_layer
+from segframe.errors import ConfigError
 
 
 def dilate_stage(stage: nn.Sequential, dilation: int, previous: int) -> None:
@@ -59,9 +60,9 @@ class DilatedFCN(SegmentationModel):
         super().__init__(num_classes, mean, std, input_scale, channel_order)
         output_stride = int(output_stride)
         if output_stride not in OUTPUT_STRIDES:
-            raise ValueError(f"model.output_stride must be one of {OUTPUT_STRIDES} for fcn_dilated, got {output_stride}")
+            raise ConfigError(f"model.output_stride must be one of {OUTPUT_STRIDES} for fcn_dilated, got {output_stride}")
         if backbone not in RESNET_WEIGHTS:
-            raise ValueError(f"unknown backbone {backbone!r} for fcn_dilated; valid: {', '.join(RESNET_WEIGHTS)}")
+            raise ConfigError(f"unknown backbone {backbone!r} for fcn_dilated; valid: {', '.join(RESNET_WEIGHTS)}")
         self.backbone_name, self.output_stride = backbone, output_stride
         self.classifier_prefixes = ("score.",)
         self.backbone = ResNetBackbone(backbone, pretrained)

@@ -16,6 +16,7 @@ from torch import nn
 
 from segframe.models.backbones import Pretrained, ResNetBackbone, VGG16Backbone
 from segframe.models.base import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
+from segframe.errors import ConfigError
 
 BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101")
 STRIDES = (32, 16, 8)
@@ -78,9 +79,9 @@ class FCN(SegmentationModel):
         super().__init__(num_classes, mean, std, input_scale, channel_order)
         stride, num_classes = int(stride), int(num_classes)
         if stride not in STRIDES:
-            raise ValueError(f"stride must be one of {STRIDES} (FCN-32s/16s/8s), got {stride}")
+            raise ConfigError(f"stride must be one of {STRIDES} (FCN-32s/16s/8s), got {stride}")
         if backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
+            raise ConfigError(f"unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
         self.stride, self.backbone_name = stride, backbone
         self.output_stride = stride  # the finest skip it adds: s8 for FCN-8s
         self.classifier_prefixes = ("score_", "up_")

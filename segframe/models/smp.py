@@ -24,6 +24,7 @@ from torch import nn
 from segframe.models.backbones import (RESNET_WEIGHTS, Pretrained, PretrainedWeightsError, load_pretrained,
                                        mismatch_report, read_weights_file)
 from segframe.models.base import IMAGENET_MEAN, IMAGENET_STD, OUTPUT_STRIDES, SegmentationModel
+from segframe.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,10 @@ DILATABLE = ("deeplabv3", "deeplabv3plus")  # archs whose encoder output stride 
 def check_encoder(encoder: str) -> None:
     if encoder.startswith("tu-"):
         if not timm.list_models(encoder[3:]):
-            raise ValueError(f"model.encoder={encoder!r}: timm has no model {encoder[3:]!r} "
+            raise ConfigError(f"model.encoder={encoder!r}: timm has no model {encoder[3:]!r} "
                              f"(list them with python -c \"import timm; print(timm.list_models('*resnet*'))\")")
     elif encoder not in smp.encoders.get_encoder_names():
-        raise ValueError(f"model.encoder={encoder!r} is not a segmentation_models_pytorch encoder; valid: "
+        raise ConfigError(f"model.encoder={encoder!r} is not a segmentation_models_pytorch encoder; valid: "
                          f"{', '.join(smp.encoders.get_encoder_names())}, or any timm model as tu-NAME")
 
 
@@ -51,7 +52,7 @@ def _encoder_state(encoder: nn.Module, state: Mapping[str, Any], source: str) ->
     """The entries of a classification state_dict that `encoder` needs. A torchvision ResNet's keys
     equal smp's ResNet encoder's (minus `fc`); timm's `tu-` encoders wrap the timm model (see _timm_name)."""
     if not isinstance(state, Mapping):
-        raise ValueError(f"{source}: expected a state_dict (a dict of tensors), got {type(state).__name__}")
+        raise ConfigError(f"{source}: expected a state_dict (a dict of tensors), got {type(state).__name__}")
     own = encoder.state_dict()
     timm_encoder = any(k.startswith("model.") for k in own)
     name_of = {k: (_timm_name(k) if timm_encoder and k not in state else k) for k in own}
@@ -63,7 +64,7 @@ def _encoder_state(encoder: nn.Module, state: Mapping[str, Any], source: str) ->
     mismatched = [f"{k} {tuple(state[name_of[k]].shape)} vs {tuple(v.shape)}" for k, v in own.items()
                   if name_of[k] in state and getattr(state[name_of[k]], "shape", None) != v.shape]
     if missing or unexpected or mismatched:
-        raise ValueError(f"{source} does not fit this encoder ({mismatch_report(missing, unexpected, mismatched)}). "
+        raise ConfigError(f"{source} does not fit this encoder ({mismatch_report(missing, unexpected, mismatched)}). "
                          f"Expected the ImageNet classification model's state_dict (torchvision's for resnet*, "
                          f"timm's for tu-*, smp's encoder for the others)")
     return {k: state[name_of[k]] for k in own}
@@ -144,7 +145,7 @@ def check_timm_normalisation(encoder: str, mean: Sequence[float], std: Sequence[
         return
     want_mean, want_std = [round(float(v), 4) for v in cfg.mean], [round(float(v), 4) for v in cfg.std]
     if [round(v, 4) for v in mean] != want_mean or [round(v, 4) for v in std] != want_std:
-        raise ValueError(f"encoder {encoder}'s ImageNet weights expect inputs normalised with mean {want_mean} and "
+        raise ConfigError(f"encoder {encoder}'s ImageNet weights expect inputs normalised with mean {want_mean} and "
                          f"std {want_std}, but model.mean={list(mean)} model.std={list(std)}; set "
                          f"model.mean={want_mean} model.std={want_std} (or model.pretrained=false)")
 
@@ -171,19 +172,19 @@ class SmpModel(SegmentationModel):
     ):
         super().__init__(num_classes, mean, std, input_scale, channel_order)
         if arch.lower() not in ARCHS:
-            raise ValueError(f"model.arch={arch!r} is not a segmentation_models_pytorch architecture; "
+            raise ConfigError(f"model.arch={arch!r} is not a segmentation_models_pytorch architecture; "
                              f"valid: {', '.join(ARCHS)}")
         check_encoder(encoder)
         options = dict(options or {})
         owned = [k for k in options if k in OWNED_OPTIONS]
         if owned:
-            raise ValueError(f"model.options may not set {owned}: " + "; ".join(OWNED_OPTIONS[k] for k in owned))
+            raise ConfigError(f"model.options may not set {owned}: " + "; ".join(OWNED_OPTIONS[k] for k in owned))
         if output_stride is not None:
             if arch.lower() not in DILATABLE:
-                raise ValueError(f"model.output_stride applies to {', '.join(DILATABLE)}, not {arch}; "
+                raise ConfigError(f"model.output_stride applies to {', '.join(DILATABLE)}, not {arch}; "
                                  f"set it to null (the architecture fixes its stride)")
             if int(output_stride) not in OUTPUT_STRIDES:
-                raise ValueError(f"model.output_stride must be one of {OUTPUT_STRIDES} for {arch}, got {output_stride}")
+                raise ConfigError(f"model.output_stride must be one of {OUTPUT_STRIDES} for {arch}, got {output_stride}")
             options["encoder_output_stride"] = int(output_stride)
         if pretrained not in (False, None) and encoder.startswith("tu-"):
             check_timm_normalisation(encoder, self.norm_mean, self.norm_std)

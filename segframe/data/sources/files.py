@@ -17,14 +17,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from segframe.errors import DatasetNotFoundError
 from segframe.data.sample import RawSample, SampleError, is_8bit_index_png, mask_indices
 
 Item = tuple[str, str, "str | None"]
 log = logging.getLogger("segframe")
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The raw dataset is not where the config says, or is incomplete."""
 
 
 def require(name: str, root: Path, relative: Iterable[str], url: str | None, layout: str,

@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segframe.data.sample import IGNORE_INDEX, RawSample, SampleError, decode_mask, is_8bit_index_png, mask_indices
+from segframe.data.sample import IGNORE_INDEX, IMAGE_FILE_EXTS, RawSample, SampleError, decode_mask, is_8bit_index_png, mask_indices
 from segframe.data.sources.files import (Item, fingerprint, load_pair, pairs_by_stem, read_file, read_ids,
                                          require)
 from segframe.data.sources.splits import seeded_split, split_by_lists
+from segframe.errors import ConfigError
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff")
 MASK_EXTS = ("png", "bmp", "tif", "tiff")
 MASK_FORMATS = ("auto", "index", "rgb")
 LAYOUT = """\
@@ -40,7 +40,7 @@ class FolderSource:
                  val_fraction: float = 0.1, seed: int = 0, split_lists: Mapping[str, str] | None = None,
                  label_map: Mapping[int, int] | None = None):
         if mask_format not in MASK_FORMATS:
-            raise ValueError(f"folder: data.mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
+            raise ConfigError(f"folder: data.mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
         self.root, self.image_dir, self.mask_dir = Path(root), images, masks
         self.mask_format, self.seed, self.val_fraction = mask_format, int(seed), float(val_fraction)
         self.palette = [list(map(int, c)) for c in palette] if palette else None
@@ -61,11 +61,11 @@ class FolderSource:
         if self._items is not None:
             return self._items
         require("folder", self.root, [self.image_dir, self.mask_dir, *map(str, self.split_lists.values())],
-                None, LAYOUT.format(images=", ".join(IMAGE_EXTS)), command_args='"data.classes=[...]"')
-        items, orphans = pairs_by_stem(self.root / self.image_dir, self.root / self.mask_dir, IMAGE_EXTS, MASK_EXTS)
+                None, LAYOUT.format(images=", ".join(IMAGE_FILE_EXTS)), command_args='"data.classes=[...]"')
+        items, orphans = pairs_by_stem(self.root / self.image_dir, self.root / self.mask_dir, IMAGE_FILE_EXTS, MASK_EXTS)
         self.unpaired_masks = [str(p) for p in orphans]
         if not items:
-            raise SampleError(f"folder: no images ({', '.join(IMAGE_EXTS)}) in {self.root / self.image_dir}")
+            raise SampleError(f"folder: no images ({', '.join(IMAGE_FILE_EXTS)}) in {self.root / self.image_dir}")
         if self.split_lists:
             self._items = split_by_lists(items, {s: read_ids(p) for s, p in self.lists().items()}, "folder")
         else:

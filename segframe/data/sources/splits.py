@@ -9,6 +9,7 @@ import numpy as np
 
 from segframe.data.sample import SampleError
 from segframe.data.sources.files import Item
+from segframe.errors import ConfigError
 
 log = logging.getLogger("segframe")
 
@@ -16,7 +17,7 @@ log = logging.getLogger("segframe")
 def seeded_split(items: Sequence[Item], num_val: int, seed: int, name: str) -> dict[str, list[Item]]:
     """`num_val` items drawn with `seed` (independent of file-system order) -> val, the rest -> train."""
     if not 0 < num_val < len(items):
-        raise ValueError(f"{name}: cannot put {num_val} of {len(items)} images in val; "
+        raise ConfigError(f"{name}: cannot put {num_val} of {len(items)} images in val; "
                          f"set a val size between 1 and {len(items) - 1}")
     ordered = sorted(items)
     picked = set(np.random.default_rng(seed).permutation(len(ordered))[:num_val].tolist())

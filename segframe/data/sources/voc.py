@@ -16,6 +16,7 @@ import numpy as np
 
 from segframe.data.sample import RawSample, SampleError
 from segframe.data.sources.files import Item, bit_palette, fingerprint, index_png_bytes, load_pair, read_ids, require
+from segframe.errors import ConfigError
 
 log = logging.getLogger("segframe")
 
@@ -136,7 +137,7 @@ def voc_aug_split(pt: Sequence[str], pv: Sequence[str], bt: Sequence[str], bv: S
     elif mode == 3:
         val = pv_set - bv_set - bt_set
     else:
-        raise ValueError(f"voc_aug: data.split_mode must be 1, 2 or 3, got {mode!r}")
+        raise ConfigError(f"voc_aug: data.split_mode must be 1, 2 or 3, got {mode!r}")
     everything = set(pt) | pv_set | bt_set | bv_set
     return sorted(everything - val), sorted(val)
 
@@ -150,7 +151,7 @@ class VOCAugSource:
         self.voc, self.sbd = VOCSource(voc_root), SBDSource(sbd_root)
         self.split_mode = int(split_mode)
         if self.split_mode not in PUBLISHED_SPLIT_SIZES:
-            raise ValueError(f"voc_aug: data.split_mode must be 1, 2 or 3, got {split_mode!r}")
+            raise ConfigError(f"voc_aug: data.split_mode must be 1, 2 or 3, got {split_mode!r}")
         self._items: dict[str, list[Item]] | None = None
         self.split_check = ""
 
