@@ -4,14 +4,14 @@ from __future__ import annotations
 
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from segframe.paths import CONF_DIR, EXPERIMENTS_DIR
-from segframe.workflow import ConfigError, check_keys
+from segframe.config import ConfigError, check_keys
 
-from conftest import run_cli
+from helpers.cli import run_cli
+from helpers.config import compose
 
 GROUPS = ["data", "model", "optimizer", "scheduler", "augmentation", "trainer", "logger"]
 
@@ -20,26 +20,21 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-def _compose(overrides: list[str], name: str = "train"):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
-
-
 # options with mandatory values (`???`) the user must give
 REQUIRED = {("data", "folder"): ["data.classes=[background,cell]"]}
 
 
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in _options(g)])
 def test_every_group_option_composes_and_resolves(group, option):
-    cfg = _compose([f"{group}={option}", *REQUIRED.get((group, option), [])])
+    cfg = compose([f"{group}={option}", *REQUIRED.get((group, option), [])])
     OmegaConf.to_container(cfg, resolve=True)
     check_keys(cfg, "train")
 
 
 def test_components_instantiate_from_their_nodes():
-    cfg = _compose(["model.backbone=resnet18", "model.pretrained=false"])
+    cfg = compose(["model.backbone=resnet18", "model.pretrained=false"])
     for aug in _options("augmentation"):
-        c = _compose([f"augmentation={aug}"])
+        c = compose([f"augmentation={aug}"])
         instantiate(c.augmentation.train)
         instantiate(c.augmentation.eval)
     opt = instantiate(cfg.optimizer)
@@ -48,28 +43,28 @@ def test_components_instantiate_from_their_nodes():
     optimizer = opt([torch.nn.Parameter(torch.zeros(1))])
     for sched in _options("scheduler"):
         # poly and warmup_poly get total_iters from the trainer at run time
-        instantiate(_compose([f"scheduler={sched}"]).scheduler)(optimizer, **({"total_iters": 100} if sched.endswith("poly") else {}))
+        instantiate(compose([f"scheduler={sched}"]).scheduler)(optimizer, **({"total_iters": 100} if sched.endswith("poly") else {}))
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")))
 def test_every_experiment_composes(experiment):
-    cfg = _compose([f"experiment={experiment}"])
+    cfg = compose([f"experiment={experiment}"])
     OmegaConf.to_container(cfg, resolve=True)
     check_keys(cfg, "train")
     assert cfg.reference is not None, f"experiments/{experiment}.yaml must record the numbers it reproduces"
 
 
 def test_eval_and_convert_configs_compose():
-    OmegaConf.to_container(_compose(["ckpt=x.ckpt"], "eval"), resolve=True)
-    OmegaConf.to_container(_compose(["ckpt=x.ckpt", "data=shapes"], "eval"), resolve=True)
-    check_keys(_compose([], "convert"), "convert")
-    predict = _compose(["ckpt=x.ckpt", "input=photos/", "eval.flip=true"], "predict")
+    OmegaConf.to_container(compose(["ckpt=x.ckpt"], "eval"), resolve=True)
+    OmegaConf.to_container(compose(["ckpt=x.ckpt", "data=shapes"], "eval"), resolve=True)
+    check_keys(compose([], "convert"), "convert")
+    predict = compose(["ckpt=x.ckpt", "input=photos/", "eval.flip=true"], "predict")
     OmegaConf.to_container(predict, resolve=True)
     check_keys(predict, "predict")
 
 
 def test_added_unknown_top_level_key_is_rejected():
-    cfg = _compose(["+lerning_rate=0.1"])
+    cfg = compose(["+lerning_rate=0.1"])
     with pytest.raises(ConfigError, match="lerning_rate"):
         check_keys(cfg, "train")
 

@@ -10,14 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ok as _ok, run_cli
-
-TINY = [
-    "model.backbone=resnet18", "model.pretrained=false", "data.source.num_train=16", "data.source.num_val=6",
-    "data.source.size=48", "data.crop_size=48", "data.shard_size=8", "datamodule.batch_size=4",
-    "datamodule.eval_batch_size=4", "datamodule.num_workers=0", "optimizer=adamw", "optimizer.lr=0.003",
-    "report.num_images=4", "trainer.log_every_n_steps=1",
-]
+from helpers.cli import ok as _ok, run_cli
+from helpers.config import TINY
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +46,9 @@ def test_train_writes_every_output(trained):
     ckpt = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
     hp = ckpt["hyper_parameters"]
     assert hp["classes"][0] == "background" and hp["model_config"]["backbone"] == "resnet18"
-    assert isinstance(hp["config"], dict) and ckpt["epoch"] == 2  # epochs completed
+    # the dataset and the whole run config are kept apart: no component gets the whole config
+    assert hp["data_config"]["name"] == "shapes" and "config" not in hp and isinstance(ckpt["run_config"], dict)
+    assert ckpt["epoch"] == 2  # epochs completed
 
 
 def test_predictions_grid_has_image_gt_prediction_rows(trained):

@@ -9,7 +9,7 @@ import sys
 
 from segframe.metric_names import SUMMARY_HEADERS, image_summary_keys, percent, summary_keys
 
-from conftest import REPO
+from helpers.cli import REPO
 
 EXPERIMENT = """reference:
   recipe: r

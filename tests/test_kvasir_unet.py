@@ -17,11 +17,12 @@ from omegaconf import OmegaConf
 from segframe.config import check_keys
 from segframe.paths import EXPERIMENTS_DIR
 
-from conftest import compose_config, ok, run_cli
+from helpers.cli import ok, run_cli
+from helpers.config import compose, tiny
 
 
 def test_kvasir_unet_composes_with_the_recipe():
-    cfg = compose_config(["experiment=kvasir_unet"])
+    cfg = compose(["experiment=kvasir_unet"])
     check_keys(cfg, "train")
     OmegaConf.to_container(cfg, resolve=True)
     assert cfg.data.name == "kvasir_seg" and list(cfg.data.classes) == ["background", "polyp"]
@@ -81,19 +82,20 @@ def test_results_row_shows_and_judges_the_per_image_numbers():
 
 
 KV_IDS = [f"cju{i:02d}kvasirfixture{i:04d}" for i in range(8)]
-TINY = ["model.pretrained=false", "model.encoder=resnet18", "data.crop_size=32", "trainer.max_epochs=1",
-        "trainer.max_steps=3", "trainer.log_every_n_steps=1", "datamodule.batch_size=2",
-        "datamodule.eval_batch_size=1", "datamodule.num_workers=0", "report.num_images=2"]
+# TINY fitted to the recipe: its own data and optimizer, its U-Net on resnet18, 3 steps of batch 2
+TINY = tiny("model.encoder=resnet18", "data.crop_size=32", "trainer.max_epochs=1", "trainer.max_steps=3",
+            "datamodule.batch_size=2", "datamodule.eval_batch_size=1", "report.num_images=2",
+            drop=["model.backbone", "data.source", "data.shard_size", "optimizer"])
 
 
 @pytest.mark.slow  # ~45 s: three CLI processes
 def test_kvasir_unet_convert_train_eval_end_to_end(tmp_path):
     """Convert a Kvasir-SEG tree (JPEG masks), train the recipe for 3 steps, then `segframe.eval`
     last.ckpt: both write the dataset-level and the per-image Dice (about 45 s on 2 cores)."""
-    from test_sources_other import _make_kvasir
+    from helpers.datasets import make_kvasir
 
     root = tmp_path / "raw" / "Kvasir-SEG"
-    _make_kvasir(root, KV_IDS)
+    make_kvasir(root, KV_IDS)
     data = [f"data.root={root}", "data.num_val=2", f"paths.data_dir={tmp_path / 'data'}"]
     ok(run_cli("convert", "data=kvasir_seg", *data, "num_workers=0", cwd=tmp_path))
     manifest = json.loads((tmp_path / "data" / "kvasir_seg" / "manifest.json").read_text())

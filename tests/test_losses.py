@@ -12,9 +12,9 @@ from hydra.utils import instantiate
 from segframe import losses
 from segframe.losses import CeDice, CrossEntropy, Dice, Focal, Lovasz
 from segframe.paths import CONF_DIR
-from segframe.workflow import check_keys
+from segframe.config import check_keys
 
-from conftest import compose_config
+from helpers.config import compose
 
 C = 3
 W = torch.tensor([0.5, 1.0, 3.0], dtype=torch.float64)
@@ -206,12 +206,12 @@ OPTIONS = sorted(p.stem for p in (CONF_DIR / "loss").glob("*.yaml"))
 
 def test_the_group_has_the_five_options_and_ce_is_the_default():
     assert OPTIONS == ["ce", "ce_dice", "dice", "focal", "lovasz"]
-    assert compose_config([]).loss._target_ == "segframe.losses.CrossEntropy"
+    assert compose([]).loss._target_ == "segframe.losses.CrossEntropy"
 
 
 @pytest.mark.parametrize("option", OPTIONS)
 def test_every_loss_config_composes_and_instantiates(option):
-    cfg = compose_config([f"loss={option}"])
+    cfg = compose([f"loss={option}"])
     check_keys(cfg, "train")
     factory = instantiate(cfg.loss)
     loss = factory(weight=None, reduction="mean")
@@ -223,7 +223,7 @@ def test_every_loss_config_composes_and_instantiates(option):
 
 
 def test_config_of_a_hydra_factory_is_plain(tmp_path):
-    factory = instantiate(compose_config(["loss=focal", "loss.alpha=[0.25,1,1]", "loss.gamma=1.5"]).loss)
+    factory = instantiate(compose(["loss=focal", "loss.alpha=[0.25,1,1]", "loss.gamma=1.5"]).loss)
     config = losses.config_of(factory)
     assert config == {"_target_": "segframe.losses.Focal", "_partial_": True, "gamma": 1.5, "alpha": [0.25, 1, 1]}
     torch.save(config, tmp_path / "c.pt")
@@ -262,7 +262,7 @@ def _previous_segmodule_loss(logits, masks, class_weight, reduction):
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_segmodule_ce_is_bit_identical_to_before(weighting, reduction):
     module = _module(class_weighting=weighting, class_pixels=[600, 300, 100], loss_reduction=reduction,
-                     loss=instantiate(compose_config(["loss=ce"]).loss))
+                     loss=instantiate(compose(["loss=ce"]).loss))
     logits, target = (t.float() if t.is_floating_point() else t for t in _batch())
     assert torch.equal(module.loss(logits, target),
                        _previous_segmodule_loss(logits, target, module.class_weight, reduction))
@@ -282,10 +282,10 @@ def test_lightning_step_and_checkpoint_round_trip(tmp_path):
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader, TensorDataset
 
-    from segframe.workflow import load_checkpoint, module_from_checkpoint
+    from segframe.checkpoint import load_checkpoint, module_from_checkpoint
 
     # summed and class-weighted: eval must rebuild the loss exactly as it was trained
-    module = _module(loss=instantiate(compose_config(["loss=ce_dice", "loss.dice_weight=0.5"]).loss),
+    module = _module(loss=instantiate(compose(["loss=ce_dice", "loss.dice_weight=0.5"]).loss),
                      loss_reduction="sum", class_weighting="median_frequency", class_pixels=[100, 10, 1])
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     masks = torch.randint(0, C, (2, 32, 32))

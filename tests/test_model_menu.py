@@ -22,7 +22,7 @@ from segframe.models.dilated import DilatedFCN
 from segframe.models.smp import SmpModel
 from segframe.models.summary import gflops, parameter_count
 
-from conftest import compose_config
+from helpers.config import compose
 
 C = 4
 
@@ -210,7 +210,7 @@ MENU = ["fcn32s", "fcn16s", "fcn8s", "fcn_dilated", "deeplabv3", "deeplabv3plus"
 
 @pytest.mark.parametrize("name", MENU)
 def test_every_model_config_composes_and_builds(name: str) -> None:
-    cfg = compose_config([f"model={name}", "model.pretrained=false", "data=shapes"])
+    cfg = compose([f"model={name}", "model.pretrained=false", "data=shapes"])
     model = instantiate(cfg.model).eval()  # eval: DeepLab's image-pooling BN needs batch > 1 to train
     assert model(torch.rand(1, 3, 40, 56)).shape == (1, 6, 40, 56)
     assert parameter_count(model) > 0 and model.output_stride >= 1

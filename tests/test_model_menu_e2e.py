@@ -13,15 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ok as _ok, run_cli
+from helpers.cli import ok as _ok, run_cli
+from helpers.config import only, tiny
 
-# test_e2e.py's TINY, less its FCN-only `model.backbone=resnet18` (each family names its own encoder key)
-DATA = ["data.source.num_train=16", "data.source.num_val=6", "data.source.size=48", "data.shard_size=8"]
-TINY = [
-    *DATA, "model.pretrained=false", "data.crop_size=48", "datamodule.batch_size=4",
-    "datamodule.eval_batch_size=4", "datamodule.num_workers=0", "optimizer=adamw", "optimizer.lr=0.003",
-    "report.num_images=2", "trainer.log_every_n_steps=1", "trainer.max_epochs=1",  # 16 / 4: 4 steps, no batch of 1
-]
+# TINY less its FCN-only `model.backbone=resnet18` (each family names its own encoder key), one epoch
+TINY = tiny("report.num_images=2", "trainer.max_epochs=1", drop=["model.backbone"])
+DATA = only(TINY, "data.source", "data.shard_size")  # what the dataset is converted with
 SMP = "segframe.models.smp.SmpModel"
 
 # id: (model=..., overrides, expected model_config entries)

@@ -18,14 +18,7 @@ from segframe.models.fcn import bilinear_kernel, upsampler
 NUM_CLASSES = 5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors gain nothing from threads, and on a shared 2-core machine OpenMP threads
-    # competing with other processes made these tests ~30x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors run faster on one thread
 
 
 def randomise_scores(model: FCN) -> None:

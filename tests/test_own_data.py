@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from helpers.cli import REPO
 
 # a tiny model and batch on top of the README's lines: the same commands, sized for a test
 SMALL = ["model.backbone=resnet18", "model.pretrained=false", "data.crop_size=32", "datamodule.batch_size=4",
@@ -171,7 +171,7 @@ def test_palette_png_masks_from_an_annotation_tool_end_to_end(tmp_path):
 
 
 def test_a_described_dataset_may_not_take_a_shipped_name(tmp_path):
-    from conftest import run_cli
+    from helpers.cli import run_cli
 
     res = run_cli("convert", "data=folder", "data.name=voc", f"data.root={tmp_path}", "data.classes=[a,b]",
                   env={"SEGFRAME_DATA": str(tmp_path / "data")}, cwd=tmp_path)
@@ -185,7 +185,7 @@ def test_training_repeats_the_empty_class_warning_and_refuses_background_only(ca
     from omegaconf import OmegaConf
 
     from segframe.config import ConfigError
-    from segframe.conversion import check_labelled
+    from segframe.data.preparation import check_labelled
 
     def manifest(pixels: list[int], ignored: int) -> dict:
         return {"classes": ["background", "cell", "debris"],

@@ -7,7 +7,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, run_cli
+from helpers.cli import REPO, run_cli
 
 
 @pytest.mark.slow

@@ -16,19 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
+from helpers.cli import run_cli
+from helpers.config import TINY_ON_TINY_SHAPES, compose
 from segframe.data import remote
 from segframe.data.augment import identity
 from segframe.data.datamodule import SegDataModule
 from segframe.data.remote import LocationError
 from segframe.data.sample import SampleError
 from segframe.data.shards import ManifestError, iter_shard, read_manifest, verify
-
-# the tiny_shapes fixture's converter settings, so that training accepts its shards
-TINY = ["data.source.num_train=24", "data.source.num_val=10", "data.source.size=48", "data.crop_size=48",
-        "model.backbone=resnet18", "model.pretrained=false", "datamodule.batch_size=4",
-        "datamodule.eval_batch_size=4", "datamodule.num_workers=0", "report.num_images=0", "logger=none",
-        "trainer.enable_progress_bar=false"]
 
 
 class _Handler(SimpleHTTPRequestHandler):
@@ -219,22 +214,13 @@ def test_manifest_with_an_unsafe_shard_name_is_refused(served):
         read_manifest(url)
 
 
-def _compose(name: str, overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    from segframe.paths import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
-
-
 def test_train_cli_and_eval_read_http_shards(served, tmp_path):
-    from segframe.workflow import evaluate
+    from segframe.evaluation import evaluate
 
     _, base = served
     url = f"{base}/shapes"
     run = tmp_path / "run"
-    res = run_cli("train", *TINY, f"data.shard_dir={url}", f"paths.data_dir={tmp_path / 'data'}",
+    res = run_cli("train", *TINY_ON_TINY_SHAPES, f"data.shard_dir={url}", f"paths.data_dir={tmp_path / 'data'}",
                   "trainer.max_epochs=1", "trainer.limit_train_batches=2", "datamodule.verify_checksums=true",
                   f"hydra.run.dir={run}")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -242,15 +228,15 @@ def test_train_cli_and_eval_read_http_shards(served, tmp_path):
     assert metrics["num_samples"] == 10 and sum(map(sum, metrics["confusion_matrix"])) == 10 * 48 * 48
     assert not (tmp_path / "data").exists()  # nothing converted locally
     # `python -m segframe.eval ckpt=... data=shapes data.shard_dir=URL`, in this process (a CLI start is slow)
-    cfg = _compose("eval", [f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "data=shapes", f"data.shard_dir={url}",
-                            "datamodule.num_workers=0", "report.num_images=0", "trainer.enable_progress_bar=false"])
+    cfg = compose([f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "data=shapes", f"data.shard_dir={url}",
+                   "datamodule.num_workers=0", "report.num_images=0", "trainer.enable_progress_bar=false"], "eval")
     (tmp_path / "eval").mkdir()
     assert evaluate(cfg, tmp_path / "eval")["confusion_matrix"] == metrics["confusion_matrix"]
 
 
 def test_cli_error_for_an_unreachable_location(tmp_path):
     url = f"http://127.0.0.1:{_closed_port()}/shapes"
-    res = run_cli("train", *TINY, f"data.shard_dir={url}", f"paths.data_dir={tmp_path / 'data'}",
+    res = run_cli("train", *TINY_ON_TINY_SHAPES, f"data.shard_dir={url}", f"paths.data_dir={tmp_path / 'data'}",
                   f"hydra.run.dir={tmp_path / 'run'}")
     assert res.returncode == 1 and f"{url}/manifest.json" in res.stderr and "cannot connect" in res.stderr
     assert "Traceback" not in res.stderr
@@ -263,7 +249,7 @@ def test_convert_refuses_a_remote_location_and_verifies_one(served, tmp_path, ca
     root, base = served
     for location in (f"{base}/new", f"'pipe:cat {root}/new/{{name}}'"):  # Hydra needs quotes around '{'
         with pytest.raises(LocationError, match="cannot convert into data.shard_dir=.*Convert into a local directory"):
-            convert(_compose("convert", [f"data.shard_dir={location}", "num_workers=0"]), tmp_path)
+            convert(compose([f"data.shard_dir={location}", "num_workers=0"], "convert"), tmp_path)
     assert not (root / "new").exists()
-    assert convert(_compose("convert", [f"data.shard_dir={base}/shapes", "verify=true"]), tmp_path) == 0
+    assert convert(compose([f"data.shard_dir={base}/shapes", "verify=true"], "convert"), tmp_path) == 0
     assert f"verify {base}/shapes: OK" in capsys.readouterr().out

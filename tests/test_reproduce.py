@@ -7,23 +7,18 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from segframe.paths import CONF_DIR, EXPERIMENTS_DIR
+from segframe.paths import EXPERIMENTS_DIR
 
-from conftest import REPO, run_cli
-
-
-def _compose(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+from helpers.cli import REPO, run_cli
+from helpers.config import compose
 
 
 @pytest.mark.parametrize("stride, lr, parent", [(32, 1e-6, None), (16, 1e-8, "fcn32s_voc_aug"),
                                                 (8, 1e-9, "fcn16s_voc_aug")])
 def test_seed_recipes(stride, lr, parent):
-    cfg = _compose([f"experiment=fcn{stride}s_voc_aug"])
+    cfg = compose([f"experiment=fcn{stride}s_voc_aug"])
     assert cfg.data.name == "voc_aug" and cfg.data.split_mode == 2 and cfg.data.crop_size == 384
     assert cfg.model.stride == stride and cfg.model.backbone == "vgg16"
     assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == lr
@@ -36,7 +31,7 @@ def test_seed_recipes(stride, lr, parent):
 
 @pytest.mark.parametrize("stride, lr, miou", [(32, 1e-10, 59.4), (16, 1e-12, 62.4), (8, 1e-14, 62.7)])
 def test_paper_recipes(stride, lr, miou):
-    cfg = _compose([f"experiment=fcn{stride}s_voc_paper"])
+    cfg = compose([f"experiment=fcn{stride}s_voc_paper"])
     assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.lr == lr
     assert cfg.optimizer.momentum == 0.99 and cfg.optimizer.weight_decay == 0.0005
     assert cfg.module.loss_reduction == "sum" and cfg.module.bias_lr_mult == 2.0 and not cfg.module.bias_weight_decay
@@ -51,7 +46,8 @@ def test_a_stage_refuses_to_train_without_its_parent_checkpoint(tmp_path):
     assert res.returncode == 1 and "stage after 'shapes_fcn32s'" in res.stderr and "segframe.reproduce" in res.stderr
 
 
-TINY = """# @package _global_
+# a tiny shapes run like helpers.config.TINY's, as an experiment file: reproduce trains experiments
+TINY_EXPERIMENT = """# @package _global_
 {parent}defaults:
   - override /data: shapes
   - override /model: {model}
@@ -76,10 +72,10 @@ reference:
 def _experiments(tmp_path: Path) -> Path:
     folder = tmp_path / "conf" / "experiment"
     folder.mkdir(parents=True)
-    (folder / "tiny32.yaml").write_text(TINY.format(parent="", model="fcn32s", miou=50.0, tol=50.0))
-    (folder / "tiny16.yaml").write_text(TINY.format(parent="parent_experiment: tiny32\n", model="fcn16s",
-                                                     miou=50.0, tol=50.0))
-    (folder / "tiny_miss.yaml").write_text(TINY.format(parent="", model="fcn32s", miou=99.9, tol=0.01))
+    (folder / "tiny32.yaml").write_text(TINY_EXPERIMENT.format(parent="", model="fcn32s", miou=50.0, tol=50.0))
+    (folder / "tiny16.yaml").write_text(TINY_EXPERIMENT.format(parent="parent_experiment: tiny32\n", model="fcn16s",
+                                                                miou=50.0, tol=50.0))
+    (folder / "tiny_miss.yaml").write_text(TINY_EXPERIMENT.format(parent="", model="fcn32s", miou=99.9, tol=0.01))
     return folder
 
 
@@ -163,12 +159,12 @@ def test_readme_results_table_is_generated_from_the_files():
 def test_voc_aug_chain_runs_end_to_end_on_a_tiny_voc_tree(tmp_path):
     """The seed's VOC rows as commands: convert a tiny VOC + SBD tree, then reproduce FCN-16s,
     which trains the FCN-32s stage first (VGG16 without ImageNet weights: nothing to download)."""
-    from test_sources_voc import BT, BV, PT, PV, _image, make_sbd, make_voc
+    from helpers.datasets import BT, BV, PT, PV, make_sbd, make_voc, voc_image
 
     voc_root = make_voc(tmp_path / "raw", PT, PV)
     sbd_root = make_sbd(tmp_path / "raw", BT, BV)
     for image_id in (set(BT) | set(BV)) - set(PT) - set(PV):
-        _image(voc_root / "JPEGImages" / f"{image_id}.jpg", 3)
+        voc_image(voc_root / "JPEGImages" / f"{image_id}.jpg", 3)
     data = [f"data.voc_root={voc_root}", f"data.sbd_root={sbd_root}", f"paths.data_dir={tmp_path / 'data'}"]
     assert run_cli("convert", "data=voc_aug", *data, cwd=tmp_path).returncode == 0
     res = run_cli("reproduce", "experiment=fcn16s_voc_aug", f"out={tmp_path / 'runs'}", *data,

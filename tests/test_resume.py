@@ -19,15 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
+from helpers.cli import REPO
+from helpers.config import DDP, tiny
 
 STEPS_PER_EPOCH, EPOCHS = 8, 3  # 32 train samples, batch 4
-RECIPE = [
-    "model.backbone=resnet18", "model.pretrained=false", "data.source.num_train=32", "data.source.num_val=6",
-    "data.source.size=48", "data.crop_size=48", "data.shard_size=8", "datamodule.batch_size=4",
-    "datamodule.eval_batch_size=4", "datamodule.num_workers=2", "optimizer=adamw", "optimizer.lr=0.003",
-    "augmentation=none", "report.num_images=0", "trainer.log_every_n_steps=1", f"trainer.max_epochs={EPOCHS}",
-]
+RECIPE = tiny("data.source.num_train=32", "datamodule.num_workers=2", "augmentation=none", "report.num_images=0",
+              f"trainer.max_epochs={EPOCHS}")
 
 
 def start(run: Path, data: Path, log: Path, *extra: str, sleep: float = 0.0, env: dict | None = None,
@@ -100,7 +97,7 @@ def test_sigkill_inside_an_epoch_then_resume_equals_the_uninterrupted_run(refere
     proc.wait(timeout=60)
     last = run / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, map_location="cpu", weights_only=True)  # written at the end of epoch 0
-    assert ckpt["global_step"] == STEPS_PER_EPOCH and isinstance(ckpt["hyper_parameters"]["config"], dict)
+    assert ckpt["global_step"] == STEPS_PER_EPOCH and isinstance(ckpt["run_config"], dict)
 
     # resume=PATH continues that run in its own directory, wherever this command's Hydra directory is
     elsewhere = tmp_path / "hydra-dir"
@@ -330,8 +327,6 @@ def test_ddp_mid_epoch_resume_equals_the_uninterrupted_run(tmp_path):
     when last.ckpt holds step 3 (epoch 1 after its first batch: an odd count, so the workers rotate);
     the copy, resumed, ends exactly as the run it was taken from."""
     import shutil
-
-    from test_scale import DDP
 
     args = [*DDP, "augmentation=none", "trainer.max_epochs=3", "checkpoint.every_n_steps=1",
             f"paths.data_dir={tmp_path / 'data'}"]

@@ -9,21 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from segframe.paths import CONF_DIR
-
-from conftest import ok as _ok, run_cli
-
-# 14 train samples in 3 shards (6, 6, 2) for 2 ranks x 2 workers: fewer shards than consumers and
-# uneven shard sizes, the case where a naive split leaves one rank without batches and DDP hangs
-DDP = [
-    "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "model.backbone=resnet18",
-    "model.pretrained=false", "data.source.num_train=14", "data.source.num_val=7", "data.source.size=40",
-    "data.crop_size=40", "data.shard_size=6", "datamodule.batch_size=3", "datamodule.eval_batch_size=2",
-    "datamodule.num_workers=2", "optimizer=adamw", "optimizer.lr=0.003", "report.num_images=2",
-    "trainer.log_every_n_steps=1",
-]
+from helpers.cli import REPO, ok as _ok, run_cli
+from helpers.config import DDP, TINY_ON_TINY_SHAPES, compose, tiny
 
 
 @pytest.fixture(scope="module")
@@ -88,20 +76,15 @@ def test_ddp_resume_continues_from_last_checkpoint(ddp_run):
 
 # --------------------------------------------------------------------------- speed knobs
 
-TINY = [
-    "model.backbone=resnet18", "model.pretrained=false", "datamodule.batch_size=4", "datamodule.eval_batch_size=4",
-    "datamodule.num_workers=0", "data.crop_size=48", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1", "report.num_images=0", "logger=none", "trainer.enable_progress_bar=false",
-    # the settings `tiny_shapes` was converted with (training refuses shards converted otherwise)
-    "data.source.num_train=24", "data.source.num_val=10", "data.source.size=48",
-]
+# two training steps and one validation batch on `tiny_shapes`
+TINY = tiny("trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+            base=TINY_ON_TINY_SHAPES)
 
 
 def _train_in_process(tmp_path: Path, shard_dir: Path, overrides: list[str]) -> dict:
-    from segframe.workflow import train
+    from segframe.training import train
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*TINY, f"data.shard_dir={shard_dir}", *overrides])
+    cfg = compose([*TINY, f"data.shard_dir={shard_dir}", *overrides])
     train(cfg, tmp_path)
     return json.loads((tmp_path / "metrics.json").read_text())
 
@@ -186,13 +169,12 @@ def test_auto_convert_waits_for_a_conversion_already_running(tmp_path):
     import threading
     import time
 
-    from segframe.data.shards import _ConversionLock, write_dataset
+    from segframe.data.shard_writer import _ConversionLock, write_dataset
     from segframe.data.sources.shapes import CLASSES, PALETTE, ShapesSource
-    from segframe.workflow import ensure_converted
+    from segframe.data.preparation import ensure_converted
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"paths.data_dir={tmp_path}", "data.source.num_train=8",
-                                                      "data.source.num_val=4", "data.source.size=32"])
+    cfg = compose([f"paths.data_dir={tmp_path}", "data.source.num_train=8", "data.source.num_val=4",
+                   "data.source.size=32"])
     out = Path(cfg.data.shard_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     result: list = []
@@ -215,8 +197,6 @@ def test_torchrun_launch_as_documented_with_unconverted_data(tmp_path):
     import os
     import subprocess
     import sys
-
-    from conftest import REPO
 
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     args = [a for a in DDP if not a.startswith("datamodule.num_workers")] + ["datamodule.num_workers=0"]

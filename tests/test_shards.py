@@ -285,11 +285,12 @@ def test_a_second_conversion_into_the_same_directory_is_refused_while_the_first_
     import sys
     import time
 
-    from segframe.data.shards import ConversionInProgress, _ConversionLock
+    from segframe.data.shard_writer import _ConversionLock
+    from segframe.errors import ConversionInProgress
 
     out = tmp_path / "ds"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from segframe.data.shards import _ConversionLock\n"
+        "import sys, time; from pathlib import Path; from segframe.data.shard_writer import _ConversionLock\n"
         "with _ConversionLock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(30)"), str(out)],
         stdout=subprocess.PIPE, text=True)
     try:

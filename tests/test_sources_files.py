@@ -1,4 +1,6 @@
-"""Shared converter pieces: list-file splits, low-bit-depth masks, stale temporary directories."""
+"""Shared converter pieces: list-file splits, low-bit-depth masks, stale temporary directories, and
+what every file-based converter (Cityscapes, ADE20K, Kvasir-SEG, folder) does alike: missing raw data,
+config nodes."""
 
 from __future__ import annotations
 
@@ -7,14 +9,22 @@ import os
 
 import numpy as np
 import pytest
+from hydra.utils import instantiate
 from PIL import Image
 
 from segframe.data.sample import SampleError, decode_mask
 from segframe.data.shards import read_manifest, write_dataset
-from segframe.data.sources.files import DatasetNotFoundError, index_png_bytes, read_index_png
+from segframe.data.sources.ade20k import ADE20KSource
+from segframe.data.sources.cityscapes import CityscapesSource
+from segframe.data.sources.files import DatasetNotFoundError, bit_palette, index_png_bytes, read_index_png
+from segframe.data.sources.folder import FolderSource
 from segframe.data.sources.kvasir import KvasirSegSource
 from segframe.data.sources.splits import split_by_lists
 from segframe.data.sources.voc import CLASSES, PALETTE, VOCSource
+
+from helpers.cli import run_cli
+from helpers.config import compose
+from helpers.datasets import nothing_written
 
 ITEMS = [(f"id{i}", f"images/id{i}.jpg", f"masks/id{i}.png") for i in range(4)]
 
@@ -86,8 +96,6 @@ def test_list_files_keep_whole_stems_and_skip_a_bom(tmp_path):
 def test_cli_folder_dataset_under_its_own_name(tmp_path):
     """Hints name the config file and the dataset (`data=folder data.name=cells`), and a rerun with
     other classes says the conversion no longer matches the config."""
-    from conftest import run_cli
-
     root = tmp_path / "cells"
     for sub in ("images", "masks"):
         (root / sub).mkdir(parents=True)
@@ -102,3 +110,44 @@ def test_cli_folder_dataset_under_its_own_name(tmp_path):
     again = run_cli("convert", *common, "data.classes=[bg,nucleus]", "data.val_fraction=0.25", cwd=tmp_path, env=env)
     assert again.returncode == 0 and "already converted" in again.stdout
     assert "it has classes ['bg', 'cell'] and the config now says ['bg', 'nucleus']" in again.stdout
+
+
+# --------------------------------------------------------------------------- every file-based converter
+
+
+@pytest.mark.parametrize("name, make, missing, url", [
+    ("cityscapes", lambda r: CityscapesSource(r),
+     ["leftImg8bit/train", "gtFine/train", "leftImg8bit/val", "gtFine/val"],
+     "https://www.cityscapes-dataset.com/downloads/"),
+    ("ade20k", lambda r: ADE20KSource(r), ["images/training", "annotations/training", "images/validation"],
+     "http://sceneparsing.csail.mit.edu/"),
+    ("kvasir_seg", lambda r: KvasirSegSource(r), ["images", "masks"], "https://datasets.simula.no/kvasir-seg/"),
+    ("folder", lambda r: FolderSource(r), ["images", "masks"], "Put your files there so that it looks like"),
+])
+def test_missing_root(tmp_path, name, make, missing, url):
+    root = tmp_path / "raw" / "not_there"
+    out = tmp_path / "data" / name
+    with pytest.raises(DatasetNotFoundError) as err:
+        write_dataset(make(str(root)), out, name, ["a", "b"], bit_palette(2))
+    assert isinstance(err.value, FileNotFoundError)
+    msg = str(err.value)
+    assert f"raw dataset not found or incomplete at {root}" in msg
+    for rel in missing:
+        assert rel in msg
+    assert url in msg
+    assert f"python -m segframe.convert data={name} data.root=" in msg
+    nothing_written(out)
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("name, cls", [("cityscapes", CityscapesSource), ("ade20k", ADE20KSource),
+                                        ("kvasir_seg", KvasirSegSource), ("folder", FolderSource)])
+def test_conf_source_nodes_instantiate(tmp_path, name, cls):
+    overrides = [f"data={name}", f"data.root={tmp_path}", f"paths.data_dir={tmp_path / 'd'}"]
+    if name == "folder":
+        overrides.append("data.classes=[bg,fg]")
+    cfg = compose(overrides, "convert")
+    source = instantiate(cfg.data.source)
+    assert type(source) is cls
+    assert source.root == tmp_path
+    assert cfg.data.shard_dir == str(tmp_path / "d" / name)

@@ -10,70 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-from omegaconf import OmegaConf
 from PIL import Image
 
-from segframe.bench.synthetic import write_sbd_mat
 from segframe.data.sample import SampleError, decode_sample
 from segframe.data.shards import iter_shard, read_manifest, shard_urls, verify, write_dataset
 from segframe.data.sources import voc
 from segframe.data.sources.files import DatasetNotFoundError
-from segframe.paths import CONF_DIR
 
-from conftest import run_cli
-
-H, W = 30, 44
-
-
-def _image(path: Path, seed: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (H, W, 3), dtype=np.uint8)).save(path, "JPEG")
-
-
-def _label(value: int, seed: int) -> np.ndarray:
-    """Background with a block of class `value` and a void (255) outline, as VOC draws it."""
-    m = np.zeros((H, W), np.uint8)
-    y, x = 4 + seed % 5, 6 + seed % 7
-    m[y:y + 12, x:x + 15] = 255
-    m[y + 1:y + 11, x + 1:x + 14] = value
-    return m
-
-
-def _palette_png(path: Path, mask: np.ndarray) -> None:
-    """A palette PNG like VOC's: pixel values are palette indices; the palette is the VOC colour map."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im = Image.fromarray(mask, mode="P")
-    flat = [c for colour in voc.PALETTE for c in colour]
-    im.putpalette(flat + [224, 224, 192] * (256 - len(voc.PALETTE)))  # VOC's void colour
-    im.save(path)
-
-
-def make_voc(root: Path, train: list[str], val: list[str], value: int = 1) -> Path:
-    """VOCdevkit/VOC2012 with JPEGImages, SegmentationClass and ImageSets/Segmentation lists."""
-    base = root / "VOCdevkit" / "VOC2012"
-    for i, image_id in enumerate(sorted(set(train) | set(val))):
-        _image(base / "JPEGImages" / f"{image_id}.jpg", i)
-        _palette_png(base / "SegmentationClass" / f"{image_id}.png", _label(value, i))
-    lists = base / "ImageSets" / "Segmentation"
-    lists.mkdir(parents=True, exist_ok=True)
-    (lists / "train.txt").write_text("".join(f"{i}\n" for i in train))
-    (lists / "val.txt").write_text("".join(f"{i}\n" for i in val))
-    (lists / "trainval.txt").write_text("".join(f"{i}\n" for i in train + val))
-    return base
-
-
-def make_sbd(root: Path, train: list[str], val: list[str], value: int = 2) -> Path:
-    """benchmark_RELEASE/dataset with img/, cls/*.mat and train.txt / val.txt."""
-    base = root / "benchmark_RELEASE" / "dataset"
-    for i, image_id in enumerate(sorted(set(train) | set(val))):
-        _image(base / "img" / f"{image_id}.jpg", 100 + i)
-        seg = _label(value, i)
-        seg[seg == 255] = 0  # SBD has no void pixels
-        write_sbd_mat(base / "cls" / f"{image_id}.mat", seg)
-    (base / "inst").mkdir(exist_ok=True)  # instance labels exist in the release; not read
-    (base / "train.txt").write_text("".join(f"{i}\n" for i in train))
-    (base / "val.txt").write_text("".join(f"{i}\n" for i in val))
-    return base
+from helpers.cli import run_cli
+from helpers.datasets import BT, BV, PT, PV, load_data_yaml, make_sbd, make_voc, voc_image, voc_label
 
 
 def _read(shard_dir: Path, split: str) -> dict[str, tuple[np.ndarray, np.ndarray, dict, dict]]:
@@ -106,8 +51,8 @@ def test_voc_converts_palette_indices_void_and_bytes(tmp_path):
     assert raw["seg.png"] == (base / "SegmentationClass" / "2007_000039.png").read_bytes()  # no re-encode
     assert meta["split"] == "train" and meta["source"].endswith("2007_000039.png")
     total = manifest["splits"]["train"]["class_pixels"]
-    assert total[15] == sum(int((_label(15, i) == 15).sum()) for i in (0, 1, 2)) and total[1] == 0
-    assert manifest["splits"]["train"]["ignore_pixels"] == sum(int((_label(15, i) == 255).sum()) for i in (0, 1, 2))
+    assert total[15] == sum(int((voc_label(15, i) == 15).sum()) for i in (0, 1, 2)) and total[1] == 0
+    assert manifest["splits"]["train"]["ignore_pixels"] == sum(int((voc_label(15, i) == 255).sum()) for i in (0, 1, 2))
     lists = manifest["source"]["fingerprint"]["lists"]
     assert set(lists) == {"ImageSets/Segmentation/train.txt", "ImageSets/Segmentation/val.txt"}
     assert manifest["source"]["fingerprint"]["files"] == 10 and verify(tmp_path / "out") == []
@@ -147,7 +92,7 @@ def test_sbd_reads_the_gtcls_struct(tmp_path):
     manifest = _convert(voc.SBDSource(str(base)), tmp_path / "out")
     assert manifest["splits"]["train"]["num_samples"] == 2 and manifest["splits"]["val"]["num_samples"] == 1
     _, mask, _, raw = _read(tmp_path / "out", "val")["2008_000004"]
-    expected = _label(7, 2)
+    expected = voc_label(7, 2)
     expected[expected == 255] = 0
     assert np.array_equal(mask, expected)
     assert raw["jpg"] == (base / "img" / "2008_000004.jpg").read_bytes()
@@ -166,11 +111,7 @@ def test_corrupt_sbd_mat_names_the_file(tmp_path):
 # --------------------------------------------------------------------------- VOC-aug
 
 
-# every region of the Venn diagram of PT, PV, BT, BV holds at least one id
-PT = ["pt_only", "pt_bt", "pt_bv"]
-PV = ["pv_only", "pv_bt", "pv_bv", "pv_bt_bv"]
-BT = ["bt_only", "pt_bt", "pv_bt", "pv_bt_bv"]
-BV = ["bv_only", "pt_bv", "pv_bv", "pv_bt_bv"]
+# every region of the Venn diagram of PT, PV, BT, BV (helpers.datasets) holds at least one id
 EVERYTHING = set(PT) | set(PV) | set(BT) | set(BV)
 
 
@@ -198,7 +139,7 @@ def test_voc_aug_label_sources(tmp_path, mode):
     sbd_base = make_sbd(tmp_path, BT, BV, value=2)  # SBD labels draw class 2
     # images only SBD has (not in VOC's segmentation lists) come from VOC's JPEGImages when there
     for i, image_id in enumerate(sorted((set(BT) | set(BV)) - set(PT) - set(PV))):
-        _image(voc_base / "JPEGImages" / f"{image_id}.jpg", 500 + i)
+        voc_image(voc_base / "JPEGImages" / f"{image_id}.jpg", 500 + i)
     source = voc.VOCAugSource(str(voc_base), str(sbd_base), split_mode=mode)
     manifest = _convert(source, tmp_path / "out")
     train_ids, val_ids = voc.voc_aug_split(PT, PV, BT, BV, mode)
@@ -244,7 +185,7 @@ def test_voc_aug_missing_sbd_names_its_key(tmp_path):
 
 def test_voc_configs_match_the_converter():
     for name in ("voc", "sbd", "voc_aug"):
-        cfg = OmegaConf.load(CONF_DIR / "data" / f"{name}.yaml")
+        cfg = load_data_yaml(name)
         assert list(cfg.classes) == list(voc.CLASSES) and [list(c) for c in cfg.palette] == voc.PALETTE
     # the VOC colour map: person (15) is (192, 128, 128), tvmonitor (20) is (0, 64, 128)
     assert voc.PALETTE[15] == [192, 128, 128] and voc.PALETTE[20] == [0, 64, 128]
@@ -254,7 +195,7 @@ def test_cli_convert_voc_aug_rerun_and_browse(tmp_path):
     voc_base = make_voc(tmp_path / "raw", PT, PV)
     make_sbd(tmp_path / "raw", BT, BV)
     for image_id in (set(BT) | set(BV)) - set(PT) - set(PV):
-        _image(voc_base / "JPEGImages" / f"{image_id}.jpg", 7)
+        voc_image(voc_base / "JPEGImages" / f"{image_id}.jpg", 7)
     common = ["data=voc_aug", f"paths.raw_dir={tmp_path / 'raw'}", f"paths.data_dir={tmp_path / 'data'}"]
     result = run_cli("convert", *common, "data.split_mode=3", "num_workers=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -264,7 +205,7 @@ def test_cli_convert_voc_aug_rerun_and_browse(tmp_path):
     assert manifest["splits"]["train"]["num_samples"] == len(EVERYTHING) - 1 == 8
     # pointed at mode-3 shards, another split mode is never silently taken for them
     again = run_cli("convert", *common, "data.split_mode=1", f"data.shard_dir={mode3}", cwd=tmp_path)
-    assert again.returncode == 0 and "already converted" in again.stdout and "'split_mode': 1" in again.stdout
+    assert again.returncode == 0 and "already converted" in again.stdout and "split_mode=3 (config: 1)" in again.stdout
     train = run_cli("train", *common, "data.split_mode=1", f"data.shard_dir={mode3}", "model.pretrained=false",
                     cwd=tmp_path)
     assert train.returncode == 1 and "was converted with split_mode=3 (config: 1)" in train.stderr

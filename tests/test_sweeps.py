@@ -9,20 +9,16 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from segframe.paths import CONF_DIR
 from segframe.sweep import LaunchError, check_sweep, check_trainer, summarize
 
-from conftest import ok as _ok, run_cli
+from helpers.cli import ok as _ok, run_cli
+from helpers.config import TINY_ON_TINY_SHAPES, compose, tiny
 
 # one epoch of 2 batches on the tiny dataset, nothing written that the tests do not read
-TINY = ["model.backbone=resnet18", "model.pretrained=false", "data.source.num_train=24", "data.source.num_val=10",
-        "data.source.size=48", "data.crop_size=48", "datamodule.batch_size=4",
-        "datamodule.eval_batch_size=4", "datamodule.num_workers=0", "datamodule.pin_memory=false",
-        "report.num_images=0", "logger=none", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-        "trainer.enable_progress_bar=false"]
+TINY = tiny("datamodule.pin_memory=false", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+            base=TINY_ON_TINY_SHAPES)
 
 
 def _sweep(tiny_shapes: Path, sweep_dir: Path, *args: str):
@@ -34,8 +30,7 @@ def _rows(sweep_dir: Path) -> list[dict]:
 
 
 def _compose(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    return compose(overrides, return_hydra_config=True)  # the launcher and sweeper are under `hydra`
 
 
 # --------------------------------------------------------------------------- launchers and searches

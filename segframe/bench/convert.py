@@ -16,7 +16,7 @@ from segframe.bench.synthetic import write_voc_tree
 def bench_convert(num_images: int, workers: list[int], repeats: int) -> tuple[int, list[tuple]]:
     """(raw bytes of the VOC tree, [(dataset, workers, samples, samples/s, shard bytes)]): the `voc`
     converter over every image of a generated tree (all listed, as train/val), then `voc_aug`."""
-    from segframe.data.shards import write_dataset
+    from segframe.data.shard_writer import write_dataset
     from segframe.data.sources.voc import CLASSES, PALETTE, VOCAugSource, VOCSource
 
     rows = []

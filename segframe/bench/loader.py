@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from segframe.bench.common import fmt, table
 from segframe.data.datamodule import ShardStream, TrainStream, pad_collate
 from segframe.data.sample import check_mask, decode_image, decode_mask
-from segframe.data.shards import read_manifest, shard_urls
+from segframe.data.manifest import read_manifest, shard_urls
 
 Item = tuple[str, str, str]  # (id, image path, mask path), as the converters' items
 
@@ -87,7 +87,7 @@ def voc_like_data(root: Path, num_images: int, shard_size: int = 100) -> tuple[P
     shards (split "all", converted by the `voc` converter: file bytes kept as they are).
     Returns (shard dir, per-file items in the shards' order)."""
     from segframe.bench.synthetic import write_voc_tree
-    from segframe.data.shards import write_dataset
+    from segframe.data.shard_writer import write_dataset
     from segframe.data.sources.voc import CLASSES, PALETTE, VOCSource, voc_item
 
     raw = root / "raw"

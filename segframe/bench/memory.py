@@ -118,7 +118,9 @@ def shapes_data(root: Path, base: int, factors: list[int], image_size: int = 64)
     `base / 2` samples, and the same images and masks as files (the shards' own bytes), so that the
     first f * base samples of either are a dataset of that size. Returns (shard dir, items)."""
     from segframe.data.sample import IMAGE_ENTRIES, MASK_EXT
-    from segframe.data.shards import iter_shard, read_manifest, shard_urls, write_dataset
+    from segframe.data.manifest import read_manifest, shard_urls
+    from segframe.data.shard_reader import iter_shard
+    from segframe.data.shard_writer import write_dataset
     from segframe.data.sources.shapes import CLASSES, PALETTE, ShapesSource
 
     shard_dir = root / "shards"
@@ -142,7 +144,7 @@ def loader_memory(shard_dir: Path, items: list, base: int, factors: list[int], b
                   workers: bool = True, isolate: bool = True) -> list[LoaderMemoryRow]:
     """For each factor f: one pass over the first f * `base` samples of the shards, then of the
     files, each in a fresh process (`isolate`) so that one pass's allocations do not hide another's."""
-    from segframe.data.shards import read_manifest, shard_urls
+    from segframe.data.manifest import read_manifest, shard_urls
 
     urls = shard_urls(read_manifest(shard_dir), "train", shard_dir)
     rows = []

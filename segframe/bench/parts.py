@@ -39,7 +39,7 @@ def convert(args: argparse.Namespace, tmp: Path) -> str:
 
 def loader(args: argparse.Namespace, tmp: Path) -> str:
     from segframe.bench.loader import bench_loader, report_loader
-    from segframe.data.shards import write_dataset
+    from segframe.data.shard_writer import write_dataset
     from segframe.data.sources.shapes import CLASSES, PALETTE, ShapesSource
 
     shard_dir = tmp / "shapes96"
