@@ -1,5 +1,6 @@
-"""What every entry point does with an exception: a user error (`segframe.errors.SegframeError`)
-becomes one clear paragraph and exit 1; anything else is a bug and keeps its traceback."""
+"""What every entry point does with an exception: a user error (`segframe.errors.SegframeError`, or
+a config that Hydra, OmegaConf or Lightning refused) becomes one clear paragraph and exit 1; anything
+else is a bug and keeps its traceback (a plain ValueError included)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import NoReturn, TypeVar
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
+from omegaconf.errors import OmegaConfBaseException
 
 from segframe.errors import LaunchError, SegframeError
 
@@ -20,24 +22,14 @@ T = TypeVar("T")
 log = logging.getLogger("segframe")
 
 
-def _causes(exc: BaseException) -> list[BaseException]:
-    chain = []
-    while exc is not None and exc not in chain:
-        chain.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    return chain
-
-
 def user_error(exc: BaseException) -> bool:
-    """Whether `exc` is the user's to fix: a SegframeError, or Hydra's wrapper around one raised
-    while building a component, or around a config Hydra itself refused (an unknown `_target_`,
-    an argument the component does not take)."""
-    if isinstance(exc, SegframeError):
-        return True
-    if isinstance(exc, InstantiationException):
-        causes = _causes(exc)[1:]
-        return not causes or any(isinstance(c, (SegframeError, TypeError, ImportError)) for c in causes)
-    return False
+    """Whether `exc` is the user's to fix: a SegframeError; a component its config node could not
+    build (Hydra's InstantiationException: an unknown `_target_`, a wrong argument, a value the
+    component refused); a config value OmegaConf cannot resolve (`???`, a broken interpolation); a
+    trainer setting Lightning refuses (MisconfigurationException, matched by name so that the CLI
+    does not import Lightning)."""
+    return isinstance(exc, (SegframeError, InstantiationException, OmegaConfBaseException)) or \
+        any(c.__name__ == "MisconfigurationException" for c in type(exc).__mro__)
 
 
 def run(job: Callable[[], T]) -> T:

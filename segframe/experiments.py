@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from segframe.errors import MissingFileError
 from segframe.metric_names import image_summary_keys, summary_keys
 from segframe.paths import EXPERIMENTS_DIR
 
@@ -39,7 +40,7 @@ def load_experiment(name: str, directory: Path | None = None) -> DictConfig:
     path = (directory or experiments_dir()) / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in experiment_files(directory))
-        raise FileNotFoundError(f"no experiment {name!r} ({path} is missing); experiments: {', '.join(known)}")
+        raise MissingFileError(f"no experiment {name!r} ({path} is missing); experiments: {', '.join(known)}")
     return OmegaConf.load(path)
 
 

@@ -29,7 +29,7 @@ def list_inputs(spec: str) -> list[Path]:
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_FILE_EXTS
                        and not p.name.startswith("."))
         if not files:
-            raise MissingFileError(f"input={spec}: the folder holds no images ({', '.join(IMAGE_FILE_EXTS)})")
+            raise MissingFileError(f"input={spec}: the folder holds no images ({', '.join('.' + e for e in IMAGE_FILE_EXTS)})")
         return files
     matches = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
     if not matches:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from segframe.errors import ConfigError, SegframeError
 from segframe.experiment_tables import comparison_text
 from segframe.experiments import compare, load_experiment, recipe_overrides, result_path, write_result
 from segframe.reproduction import record, seeds_to_run, train_run
@@ -34,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         reference = load_experiment(name).get("reference")
         seeds = seeds_to_run(options.get("seeds"), reference)
         if any(o.startswith("hydra.run.dir=") for o in overrides):
-            raise ValueError("reproduce places each run under out=DIR/NAME/seedK; use out=DIR, not hydra.run.dir")
+            raise ConfigError("reproduce places each run under out=DIR/NAME/seedK; use out=DIR, not hydra.run.dir")
         runs = [train_run(name, seed, Path(options.get("out", "outputs/reproduce")), overrides) for seed in seeds]
-    except (ValueError, FileNotFoundError) as exc:  # a bad argument, a parent_experiment cycle, a missing file
+    except SegframeError as exc:  # a bad argument, a parent_experiment cycle, a missing experiment file
         print(f"error: {exc}", file=sys.stderr)
         return 2
     rows = compare(reference, runs)

@@ -18,6 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from segframe.errors import ConfigError
 from segframe.experiments import METRICS, load_experiment
 
 STAMP = "reproduce.json"  # in a run dir: the experiment, seed and overrides it was trained with
@@ -41,7 +42,7 @@ def train_run(name: str, seed: int, out: Path, overrides: list[str], log: Any = 
     """One seed of one experiment (its parent stages first, unless a finished run of the same
     parent, seed and overrides is there). Returns {seed, metrics..., wall_s, run_dir, ok}."""
     if name in chain:
-        raise ValueError(f"parent_experiment forms a cycle: {' -> '.join(chain + (name,))}")
+        raise ConfigError(f"parent_experiment forms a cycle: {' -> '.join(chain + (name,))}")
     run_dir = out / name / f"seed{seed}"
     extra = []
     parent = load_experiment(name).get("parent_experiment")
@@ -85,7 +86,7 @@ def seeds_to_run(text: str | None, reference: DictConfig | None) -> list[int]:
         seeds = [int(s) for s in text.strip("[]").split(",")] if text is not None else \
             [int(s) for s in (reference.get("seeds", [0]) if reference is not None else [0])]
     except ValueError:
-        raise ValueError(f"seeds must be integers, e.g. seeds=0,1; got {text!r}") from None
+        raise ConfigError(f"seeds must be integers, e.g. seeds=0,1; got {text!r}") from None
     return list(dict.fromkeys(seeds))
 
 

@@ -25,8 +25,9 @@ MAX_LINES, MAX_ENTRY_LINES = 350, 65  # the issue: "no file over ~350 lines, an 
 
 
 def _modules() -> dict[str, Path]:
-    return {".".join(p.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__") or "": p
-            for p in PACKAGE.rglob("*.py")}
+    """Dotted names below `segframe` ("" for the package itself, `data` for data/__init__.py)."""
+    names = {".".join(p.relative_to(PACKAGE).with_suffix("").parts): p for p in PACKAGE.rglob("*.py")}
+    return {("" if n == "__init__" else n.removesuffix(".__init__")): p for n, p in names.items()}
 
 
 def _layer(module: str) -> int:

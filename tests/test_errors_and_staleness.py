@@ -32,9 +32,13 @@ def test_only_user_errors_lose_their_traceback():
     wrapped = InstantiationException("Error in call to target 'segframe.models.fcn.FCN'")
     wrapped.__cause__ = ConfigError("stride must be one of (8, 16, 32)")
     assert user_error(wrapped)
-    bug = InstantiationException("Error in call to target 'segframe.models.fcn.FCN'")
-    bug.__cause__ = ZeroDivisionError("division by zero")
-    assert not user_error(bug)
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
+
+    with pytest.raises(MissingMandatoryValue) as missing:  # data=folder without data.classes, say
+        OmegaConf.to_container(OmegaConf.create({"classes": "???"}), resolve=True, throw_on_missing=True)
+    assert user_error(missing.value)
+    assert not user_error(KeyError("classes")) and not user_error(ZeroDivisionError())
 
 
 def test_run_prints_a_user_error_and_reraises_a_bug(capsys):

@@ -1,6 +1,6 @@
 """A dataset made ready from its config node (`data`): converted when it is not (the embedded one
 on first use), and checked against the config before anything trains on it. One rule answers "is
-this conversion stale?" (`conversion_diff`): `convert` reports it, `train` and `eval` refuse on it.
+this conversion stale?" (`conversion_diff`): `convert` reports it, `train` refuses on it.
 """
 
 from __future__ import annotations
@@ -57,11 +57,13 @@ def conversion_diff(manifest: dict[str, Any], data: Any, source: Any = None, raw
     the class list and the converter's settings (a split mode, a val size, a seed, split lists...);
     with `raw_files`, also the raw files themselves (skipped when they are gone: the shards are all
     training needs). Empty when it is current."""
-    source = source if source is not None else instantiate(data.source)
     recorded = manifest.get("source") or {}
     lines = []
     if list(manifest["classes"]) != list(data.classes):
         lines.append(f"it has classes {manifest['classes']} and the config now says {list(data.classes)}")
+    if source is None and data.get("source") is None:  # a data config for shards alone (e.g. remote ones)
+        return lines
+    source = source if source is not None else instantiate(data.source)
     was, now = _settings(recorded.get("options")), _settings(source.options())
     differ = {k: (was.get(k), now.get(k)) for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)}
     if differ:

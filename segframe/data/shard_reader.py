@@ -212,7 +212,8 @@ def _verify_shard(url: str, shard: dict[str, Any], num_classes: int) -> tuple[in
         tally.close()
     # an incomplete read knows its sample count but not the file's size or checksum
     entry = (shard["num_samples"], shard["bytes"], shard["sha256"]) if complete else (shard["num_samples"], None, None)
-    problems += [f"{name}: {m.brief()}" for m in mismatches(tally, count, *entry)]
+    found = sorted(mismatches(tally, count, *entry), key=lambda m: m.what == "samples")  # size and hash first
+    problems += [f"{name}: {m.brief()}" for m in found]
     return count, problems
 
 

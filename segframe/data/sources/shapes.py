@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from segframe.data.sample import RawSample
+from segframe.errors import ConfigError
 
 CLASSES = ("background", "circle", "square", "triangle", "star", "cross")
 PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48))
@@ -63,7 +64,7 @@ class ShapesSource:
         min_shapes: int = 2, max_shapes: int = 5, seed: int = 0,
     ):
         if num_train < 1 or num_val < 1:
-            raise ValueError("shapes: num_train and num_val must be >= 1")
+            raise ConfigError("shapes: num_train and num_val must be >= 1")
         self.num_train, self.num_val, self.size = num_train, num_val, size
         self.min_shapes, self.max_shapes, self.seed = min_shapes, max_shapes, seed
 
