@@ -41,20 +41,20 @@ REDUCTIONS = ("mean", "sum")
 def _check_reduction(reduction: str, loss: str, region: bool = False) -> None:
     if reduction not in REDUCTIONS:
         raise ConfigError(f"module.loss_reduction must be 'mean' (over valid pixels) or 'sum' (the FCN paper's "
-                         f"un-normalised sum), got {reduction!r}")
+                          f"un-normalised sum), got {reduction!r}")
     if region and reduction == "sum":
         # a region loss is one number per class for the whole batch: there is no per-pixel sum
         raise ConfigError(f"module.loss_reduction='sum' does not apply to loss={loss}: it compares whole masks and "
-                         f"has no per-pixel sum; use module.loss_reduction=mean, or loss=ce_dice (its "
-                         f"cross-entropy term is summed)")
+                          f"has no per-pixel sum; use module.loss_reduction=mean, or loss=ce_dice (its "
+                          f"cross-entropy term is summed)")
 
 
 def _check_no_weight(weight: Any, loss: str) -> None:
     if weight is not None:
         # each present class already counts once whatever its pixel count: weights would re-skew it
         raise ConfigError(f"module.class_weighting weights pixels per class, but loss={loss} averages the present "
-                         f"classes equally already; use module.class_weighting=none, or loss=ce_dice (the weights "
-                         f"apply to its cross-entropy term)")
+                          f"classes equally already; use module.class_weighting=none, or loss=ce_dice (the weights "
+                          f"apply to its cross-entropy term)")
 
 
 def _check_number(key: str, value: Any, minimum: float = 0.0) -> float:
@@ -267,7 +267,7 @@ class CeDice(nn.Module):
         self.dice_weight = _check_number("loss.dice_weight", dice_weight)
         if self.ce_weight == 0 and self.dice_weight == 0:
             raise ConfigError("loss.ce_weight and loss.dice_weight are both 0: the loss would be 0; "
-                             "set at least one > 0")
+                              "set at least one > 0")
         self.ce = CrossEntropy(weight, reduction)
         self.dice = Dice(smooth=smooth)
 

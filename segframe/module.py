@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from segframe import losses
+from segframe.errors import ConfigError
 from segframe.inference import check_options, infer
 from segframe.metric_names import summary_keys
 from segframe.metrics import ConfusionMatrix, PerImageScores, image_scores, scores
-from segframe.errors import ConfigError
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,8 @@ class WarmupPoly(LambdaLR):
             raise ConfigError(f"scheduler.total_iters must be >= 1, got {total_iters}")
         if int(warmup_iters) < 0 or int(warmup_iters) >= int(total_iters):
             raise ConfigError(f"scheduler.warmup_iters must be in 0..total_iters-1 ({int(total_iters) - 1}), got "
-                             f"{warmup_iters}: this run has {int(total_iters)} optimizer steps; lower "
-                             f"scheduler.warmup_iters or train longer (trainer.max_epochs / trainer.max_steps)")
+                              f"{warmup_iters}: this run has {int(total_iters)} optimizer steps; lower "
+                              f"scheduler.warmup_iters or train longer (trainer.max_epochs / trainer.max_steps)")
         if power <= 0:
             raise ConfigError(f"scheduler.power must be > 0, got {power}")
         self.total_iters, self.warmup_iters, self.power = int(total_iters), int(warmup_iters), float(power)

@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from segframe.atomic import write_text_atomic
 from segframe.data.remote import is_remote
-from segframe.paths import CONF_DIR, user_conf_dir
 from segframe.errors import ConfigError
+from segframe.paths import CONF_DIR, user_conf_dir
 
 # the config's own links stay links: source.* -> ${data.*}, num_classes -> ${len:${data.classes}}
 _LINKED = ("source", "num_classes")
@@ -32,10 +32,10 @@ def check_name(name: str) -> None:
     (the packaged config would be found first)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
         raise ConfigError(f"data.name={name!r}: use letters, digits, '_' and '-' (it names the data config "
-                         f"{config_path('NAME')} and the folder the shards go to)")
+                          f"{config_path('NAME')} and the folder the shards go to)")
     if (CONF_DIR / "data" / f"{name}.yaml").is_file():
         raise ConfigError(f"data.name={name}: segframe ships a dataset of that name (conf/data/{name}.yaml); "
-                         f"give yours another name, e.g. data.name=my_{name}")
+                          f"give yours another name, e.g. data.name=my_{name}")
 
 
 def describe(data: DictConfig, command: str) -> Path:

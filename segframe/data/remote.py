@@ -44,7 +44,7 @@ def _env_number(name: str, default: str, kind: type) -> Any:
         return kind(os.environ.get(name, default))
     except ValueError:
         raise ConfigError(f"environment variable {name}={os.environ[name]!r} is not a number; "
-                         f"set it to e.g. {default} or unset it") from None
+                          f"set it to e.g. {default} or unset it") from None
 
 
 TIMEOUT = _env_number("SEGFRAME_REMOTE_TIMEOUT", "60", float)

@@ -44,7 +44,8 @@ def mismatch_report(missing: Sequence[str], unexpected: Sequence[str], mismatche
 def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Fail with a readable message when `state` doesn't fit `model`."""
     if not isinstance(state, dict):
-        raise ConfigError(f"{source}: expected a torchvision state_dict (a dict of tensors), got {type(state).__name__}")
+        raise ConfigError(f"{source}: expected a torchvision state_dict (a dict of tensors), "
+                          f"got {type(state).__name__}")
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -52,8 +53,8 @@ def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], source: str) -
                   if k in state and hasattr(state[k], "shape") and state[k].shape != v.shape]
     if missing or unexpected or mismatched:
         raise ConfigError(f"{source} does not match torchvision's {type(model).__name__} state_dict "
-                         f"({mismatch_report(missing, unexpected, mismatched)}). Expected a state_dict saved from the "
-                         f"torchvision classification model (model.state_dict()), not a segmentation checkpoint.")
+                          f"({mismatch_report(missing, unexpected, mismatched)}). Expected a state_dict saved from the "
+                          f"torchvision classification model (model.state_dict()), not a segmentation checkpoint.")
 
 
 def read_weights_file(pretrained: str | os.PathLike, example: str, download: str) -> dict[str, torch.Tensor]:
@@ -61,8 +62,8 @@ def read_weights_file(pretrained: str | os.PathLike, example: str, download: str
     path = Path(pretrained).expanduser()
     if not path.is_file():
         raise MissingFileError(f"Pretrained weights file not found: {path} (from model.pretrained={pretrained}). "
-                                f"Pass an existing file, e.g. model.pretrained=/path/to/{example}, "
-                                f"or model.pretrained=true for {download}, or model.pretrained=false.")
+                               f"Pass an existing file, e.g. model.pretrained=/path/to/{example}, "
+                               f"or model.pretrained=true for {download}, or model.pretrained=false.")
     # weights_only: never unpickle arbitrary objects from a file we did not create
     return torch.load(path, map_location="cpu", weights_only=True)
 

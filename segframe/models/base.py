@@ -99,8 +99,8 @@ def _check_same_normalisation(model: nn.Module, ckpt: Any, file: Path) -> None:
                                                      torch.tensor(theirs[k], dtype=torch.float64)))]
     if differ:
         raise ConfigError(f"init_from {file} was trained with input normalisation "
-                         f"{ {k: theirs[k] for k in differ} } but this model uses { {k: mine[k] for k in differ} }; "
-                         "set model.channel_order/input_scale/mean/std as the parent had them")
+                          f"{ {k: theirs[k] for k in differ} } but this model uses { {k: mine[k] for k in differ} }; "
+                          "set model.channel_order/input_scale/mean/std as the parent had them")
 
 
 def _class_count_clash(model: nn.Module, own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str | None:
@@ -137,7 +137,7 @@ def load_matching_weights(model: nn.Module, path: str | os.PathLike) -> tuple[li
     clash = _class_count_clash(model, own, state)
     if clash:
         raise ConfigError(f"{file}: {clash}; init_from needs the same class list: use a checkpoint trained on "
-                         f"this dataset's classes, or drop model.init_from")
+                          f"this dataset's classes, or drop model.init_from")
     copied, new, mismatched = [], [], []
     with torch.no_grad():
         for name, tensor in own.items():
@@ -151,7 +151,7 @@ def load_matching_weights(model: nn.Module, path: str | os.PathLike) -> tuple[li
                     mismatched.append(f"{name} {tuple(src.shape)} -> {tuple(tensor.shape)}")
     if not copied:
         raise ConfigError(f"init_from {file}: no tensor matches this model by name and shape "
-                         f"(a checkpoint of a different backbone or model family?)")
+                          f"(a checkpoint of a different backbone or model family?)")
     log.info("init_from %s: copied %d tensors (%s)", file, len(copied), _group(copied))
     log.info("init_from %s: new (kept initialisation) %d tensors: %s", file, len(new), ", ".join(new) or "none")
     if mismatched:

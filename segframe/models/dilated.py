@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segframe.errors import ConfigError
 from segframe.models.backbones import RESNET_WEIGHTS, Pretrained, ResNetBackbone
 from segframe.models.base import IMAGENET_MEAN, IMAGENET_STD, OUTPUT_STRIDES, SegmentationModel
 from segframe.models.fcn import score_layer
-from segframe.errors import ConfigError
 
 
 def dilate_stage(stage: nn.Sequential, dilation: int, previous: int) -> None:

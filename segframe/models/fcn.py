@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from segframe.errors import ConfigError
 from segframe.models.backbones import Pretrained, ResNetBackbone, VGG16Backbone
 from segframe.models.base import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
-from segframe.errors import ConfigError
 
 BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101")
 STRIDES = (32, 16, 8)

@@ -21,10 +21,10 @@ import torch
 import torchvision
 from torch import nn
 
+from segframe.errors import ConfigError
 from segframe.models.backbones import (RESNET_WEIGHTS, Pretrained, PretrainedWeightsError, load_pretrained,
                                        mismatch_report, read_weights_file)
 from segframe.models.base import IMAGENET_MEAN, IMAGENET_STD, OUTPUT_STRIDES, SegmentationModel
-from segframe.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,10 @@ def check_encoder(encoder: str) -> None:
     if encoder.startswith("tu-"):
         if not timm.list_models(encoder[3:]):
             raise ConfigError(f"model.encoder={encoder!r}: timm has no model {encoder[3:]!r} "
-                             f"(list them with python -c \"import timm; print(timm.list_models('*resnet*'))\")")
+                              f"(list them with python -c \"import timm; print(timm.list_models('*resnet*'))\")")
     elif encoder not in smp.encoders.get_encoder_names():
         raise ConfigError(f"model.encoder={encoder!r} is not a segmentation_models_pytorch encoder; valid: "
-                         f"{', '.join(smp.encoders.get_encoder_names())}, or any timm model as tu-NAME")
+                          f"{', '.join(smp.encoders.get_encoder_names())}, or any timm model as tu-NAME")
 
 
 def _timm_name(key: str) -> str:
@@ -65,8 +65,8 @@ def _encoder_state(encoder: nn.Module, state: Mapping[str, Any], source: str) ->
                   if name_of[k] in state and getattr(state[name_of[k]], "shape", None) != v.shape]
     if missing or unexpected or mismatched:
         raise ConfigError(f"{source} does not fit this encoder ({mismatch_report(missing, unexpected, mismatched)}). "
-                         f"Expected the ImageNet classification model's state_dict (torchvision's for resnet*, "
-                         f"timm's for tu-*, smp's encoder for the others)")
+                          f"Expected the ImageNet classification model's state_dict (torchvision's for resnet*, "
+                          f"timm's for tu-*, smp's encoder for the others)")
     return {k: state[name_of[k]] for k in own}
 
 
@@ -146,8 +146,8 @@ def check_timm_normalisation(encoder: str, mean: Sequence[float], std: Sequence[
     want_mean, want_std = [round(float(v), 4) for v in cfg.mean], [round(float(v), 4) for v in cfg.std]
     if [round(v, 4) for v in mean] != want_mean or [round(v, 4) for v in std] != want_std:
         raise ConfigError(f"encoder {encoder}'s ImageNet weights expect inputs normalised with mean {want_mean} and "
-                         f"std {want_std}, but model.mean={list(mean)} model.std={list(std)}; set "
-                         f"model.mean={want_mean} model.std={want_std} (or model.pretrained=false)")
+                          f"std {want_std}, but model.mean={list(mean)} model.std={list(std)}; set "
+                          f"model.mean={want_mean} model.std={want_std} (or model.pretrained=false)")
 
 
 class SmpModel(SegmentationModel):
@@ -173,7 +173,7 @@ class SmpModel(SegmentationModel):
         super().__init__(num_classes, mean, std, input_scale, channel_order)
         if arch.lower() not in ARCHS:
             raise ConfigError(f"model.arch={arch!r} is not a segmentation_models_pytorch architecture; "
-                             f"valid: {', '.join(ARCHS)}")
+                              f"valid: {', '.join(ARCHS)}")
         check_encoder(encoder)
         options = dict(options or {})
         owned = [k for k in options if k in OWNED_OPTIONS]
@@ -182,9 +182,10 @@ class SmpModel(SegmentationModel):
         if output_stride is not None:
             if arch.lower() not in DILATABLE:
                 raise ConfigError(f"model.output_stride applies to {', '.join(DILATABLE)}, not {arch}; "
-                                 f"set it to null (the architecture fixes its stride)")
+                                  f"set it to null (the architecture fixes its stride)")
             if int(output_stride) not in OUTPUT_STRIDES:
-                raise ConfigError(f"model.output_stride must be one of {OUTPUT_STRIDES} for {arch}, got {output_stride}")
+                raise ConfigError(f"model.output_stride must be one of {OUTPUT_STRIDES} for {arch}, "
+                                  f"got {output_stride}")
             options["encoder_output_stride"] = int(output_stride)
         if pretrained not in (False, None) and encoder.startswith("tu-"):
             check_timm_normalisation(encoder, self.norm_mean, self.norm_std)

@@ -18,7 +18,7 @@ def seeded_split(items: Sequence[Item], num_val: int, seed: int, name: str) -> d
     """`num_val` items drawn with `seed` (independent of file-system order) -> val, the rest -> train."""
     if not 0 < num_val < len(items):
         raise ConfigError(f"{name}: cannot put {num_val} of {len(items)} images in val; "
-                         f"set a val size between 1 and {len(items) - 1}")
+                          f"set a val size between 1 and {len(items) - 1}")
     ordered = sorted(items)
     picked = set(np.random.default_rng(seed).permutation(len(ordered))[:num_val].tolist())
     return {"train": [it for i, it in enumerate(ordered) if i not in picked],
