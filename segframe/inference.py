@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
 from segframe.errors import ConfigError
 
 MODES = ("whole", "slide")

@@ -16,11 +16,7 @@ from segframe.errors import ConfigError
 from segframe.inference import check_options, infer
 from segframe.metric_names import summary_keys
 from segframe.metrics import ConfusionMatrix, PerImageScores, image_scores, scores
-
-
-def to_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [B,3,H,W] from the loader -> float in [0,1]; the model normalises further."""
-    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+from segframe.models.base import to_input
 
 
 CLASS_WEIGHTINGS = ("none", "median_frequency", "inverse_frequency")

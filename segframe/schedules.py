@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
+
 from segframe.errors import ConfigError
 
 

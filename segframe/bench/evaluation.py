@@ -13,7 +13,7 @@ from segframe.bench.common import fmt, median, table, timed
 from segframe.bench.step import make_batch
 from segframe.metrics import ConfusionMatrix
 from segframe.models.fcn import FCN
-from segframe.module import to_input
+from segframe.models.base import to_input
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from segframe.errors import ConfigError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,12 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OUTPUT_STRIDES = (8, 16)  # the choices of a dilated backbone (fcn_dilated, DeepLabV3/V3+)
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B,3,H,W] from the loader -> float in [0,1]; the model normalises further (its mean/std).
+    The one conversion training, evaluation and the bench use."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
 
 
 class SegmentationModel(nn.Module):
