@@ -21,6 +21,9 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     check_keys(cfg, "eval")
     ckpt = load_checkpoint(cfg.ckpt)
     hp = ckpt["hyper_parameters"]
+    if not cfg.get("data") and trained_data(ckpt) is None:
+        raise CheckpointError(f"checkpoint {cfg.ckpt} does not record the dataset it was trained on; name it: "
+                              f"python -m segframe.eval ckpt={cfg.ckpt} data=NAME")
     data = cfg.data if cfg.get("data") else OmegaConf.create(trained_data(ckpt))
     split = cfg.eval.split or data.val_split
     module = module_from_checkpoint(ckpt, components.inference_options(cfg.eval))
