@@ -45,5 +45,6 @@ def module_from_checkpoint(ckpt: dict[str, Any], inference: dict[str, Any]) -> S
                        loss_config=hp.get("loss_config"), loss_reduction=hp.get("loss_reduction", "mean"),
                        class_weighting=hp.get("class_weighting", "none"), class_pixels=hp.get("class_pixels"),
                        data_config=trained_data(ckpt))
-    module.load_state_dict(ckpt["state_dict"])
+    # a model compiled in place (torch.compile) names its tensors `model._orig_mod.<name>`
+    module.load_state_dict({k.replace("._orig_mod.", ".", 1): v for k, v in ckpt["state_dict"].items()})
     return module

@@ -11,13 +11,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import LearningRateMonitor
 
+from segframe import crf
 from segframe.commands import convert_command
 from segframe.config import ConfigError, plain
 from segframe.data.manifest import MANIFEST
 from segframe.data.remote import locate
 from segframe.models.summary import gflops, parameter_count
 
-INFERENCE_KEYS = ("scales", "flip", "mode", "crop", "stride")  # segframe.inference.check_options's arguments
+INFERENCE_KEYS = ("scales", "flip", "mode", "crop", "stride", "crf", *crf.DEFAULTS)  # segframe.inference.infer's
 
 
 def datamodule(data: DictConfig, dm_cfg: DictConfig, train_transform: Any, eval_transform: Any,

@@ -68,5 +68,15 @@ class ResumeError(SegframeError, ValueError):
     """`resume=` names no usable checkpoint."""
 
 
+class InputError(SegframeError, ValueError):
+    """An image the Python API (`segframe.load_model(...).predict`) cannot take: not a path, a PIL
+    image or an HxWx3 uint8 array."""
+
+
 class LaunchError(SegframeError, ValueError):
     """A process layout that cannot work; refused before any training (and it ends a sweep)."""
+
+
+class ExportError(SegframeError, ValueError):
+    """An export that cannot be made or trusted (a parity check failed, a missing `segframe[export]`
+    extra), or an exported graph whose sidecar is missing, damaged or contradicts the graph."""

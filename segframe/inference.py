@@ -2,7 +2,8 @@
 
 Every mode returns class scores at the input's H x W. One whole-image pass returns the model's
 logits unchanged; when several passes are combined (scales, flips), their softmax
-probabilities are averaged; sliding windows average the logits where windows overlap.
+probabilities are averaged; sliding windows average the logits where windows overlap. With
+`crf`, the result is refined by a dense CRF (segframe.crf) and returned as log-probabilities.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from segframe import crf as dense_crf
 from segframe.errors import ConfigError
 
 MODES = ("whole", "slide")
@@ -46,8 +48,13 @@ def slide(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, crop: 
 
 
 def check_options(scales: Sequence[float] = (1.0,), flip: bool = False, mode: str = "whole", crop: int = 512,
-                  stride: int = 341) -> None:
+                  stride: int = 341, crf: bool = False, **crf_options: float) -> None:
     """Refuse options `infer` cannot honour, before any work (not after hours of training)."""
+    if crf or crf_options:
+        if crf:
+            dense_crf.check(**crf_options)
+        elif set(crf_options) - set(dense_crf.DEFAULTS):  # unused while crf is off: only their names are checked
+            raise ConfigError(f"unknown inference option(s) {sorted(set(crf_options) - set(dense_crf.DEFAULTS))}")
     if mode not in MODES:
         raise ConfigError(f"eval.mode must be one of {MODES}, got {mode!r}")
     if not isinstance(scales, (list, tuple)) or not scales or any(not isinstance(s, (int, float)) or s <= 0
@@ -58,13 +65,21 @@ def check_options(scales: Sequence[float] = (1.0,), flip: bool = False, mode: st
 
 
 def infer(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scales: Sequence[float] = (1.0,),
-          flip: bool = False, mode: str = "whole", crop: int = 512, stride: int = 341) -> torch.Tensor:
+          flip: bool = False, mode: str = "whole", crop: int = 512, stride: int = 341, crf: bool = False,
+          **crf_options: float) -> torch.Tensor:
     """Class scores [B, C, H, W] for input `x` [B, 3, H, W] (what `model` takes).
 
     scales: input resized by each factor (bilinear), scores resized back; flip: each scale also
     run on the mirrored image and mirrored back; mode: "whole" runs the (resized) image in one
-    pass, "slide" in `crop`-sized windows every `stride` pixels."""
-    check_options(scales, flip, mode, crop, stride)
+    pass, "slide" in `crop`-sized windows every `stride` pixels; crf: the scores of all that
+    refined by a dense CRF on the image (segframe.crf, `crf_*` its kernels), as log-probabilities."""
+    check_options(scales, flip, mode, crop, stride, crf, **crf_options)
+    scores = _combined(model, x, scales, flip, mode, crop, stride)
+    return dense_crf.refine(scores, x, **crf_options) if crf else scores
+
+
+def _combined(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scales: Sequence[float], flip: bool,
+              mode: str, crop: int, stride: int) -> torch.Tensor:
     h, w = x.shape[-2:]
 
     def run(inp: torch.Tensor) -> torch.Tensor:
@@ -87,3 +102,17 @@ def infer(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scales
         p = logits.softmax(1)
         probs = p if probs is None else probs + p
     return probs / len(passes)
+
+
+def single_pass(scales: Sequence[float] = (1.0,), flip: bool = False, mode: str = "whole", crf: bool = False,
+                **_: object) -> bool:
+    """Whether these options run the model once on the whole image and return its logits unchanged."""
+    return mode == "whole" and list(scales) == [1.0] and not flip and not crf
+
+
+def probabilities(scores: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = False, crf: bool = False,
+                  **_: object) -> torch.Tensor:
+    """`infer`'s scores as class probabilities: several passes (scales, flips) already averaged
+    probabilities; one pass or sliding windows give logits, and a CRF log-probabilities."""
+    averaged = (list(scales) != [1.0] or flip) and not crf
+    return scores if averaged else scores.float().softmax(1)

@@ -13,7 +13,7 @@ from torch import nn
 
 from segframe import losses
 from segframe.errors import ConfigError
-from segframe.inference import check_options, infer
+from segframe.inference import check_options, infer, single_pass
 from segframe.metric_names import summary_keys
 from segframe.metrics import ConfusionMatrix, PerImageScores, image_scores, scores
 from segframe.models.base import to_input
@@ -136,8 +136,7 @@ class SegModule(pl.LightningModule):
         return infer(self.model, self._input(images), **self.inference)
 
     def _single_pass(self) -> bool:
-        return self.inference.get("mode", "whole") == "whole" and list(self.inference.get("scales", [1.0])) == [1.0] \
-            and not self.inference.get("flip", False)
+        return single_pass(**self.inference)
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """The configured loss (segframe.losses; ignore 255 honoured, all-ignore gives 0)."""

@@ -1,5 +1,6 @@
 """What `python -m segframe.predict` does: class-index PNGs and overlays for image files, from a
-checkpoint alone (the model runs through `SegModule.predict_scores`, i.e. segframe.inference)."""
+checkpoint alone (the model runs through `SegModule.predict_scores`, i.e. segframe.inference), or
+from an exported graph (`ckpt=model.onnx`, .ts, .pt: segframe.exported, the same test-time options)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ from segframe.config import check_keys
 from segframe.data.colours import overlay, save_index_png
 from segframe.data.sample import IMAGE_FILE_EXTS, decode_image
 from segframe.errors import ConfigError, MissingFileError, SampleError
+from segframe.exported import ExportedModel, is_exported, load_exported
+from segframe.inference import check_options, infer, single_pass
+from segframe.models.base import to_input
+
 
 def list_inputs(spec: str) -> list[Path]:
     """A file, every image file in a folder, or the matches of a glob pattern, sorted."""
@@ -79,11 +84,39 @@ def predict_files(module: Any, files: list[Path], out_dir: Path, alpha: float = 
     return written, failed
 
 
+class ExportedPredictor:
+    """An exported graph behind the part of SegModule's interface `predict_files` uses: the graph
+    runs through segframe.inference with the test-time options, as a checkpoint's model would."""
+
+    def __init__(self, model: ExportedModel, inference: dict[str, Any]):
+        check_options(**inference)
+        asked = {k: inference[k] for k in ("scales", "flip", "mode", "crf") if k in inference}
+        if model.outputs == "labels" and not single_pass(**inference):
+            raise ConfigError(f"{model.path} was exported with export.outputs=labels: it returns class ids, which "
+                              f"cannot be averaged over scales, flips or windows, nor refined by a CRF (eval: "
+                              f"{asked}); use one whole pass (the defaults), or export logits (export.outputs=logits)")
+        self.model, self.inference, self.palette = model, inference, model.palette
+
+    def eval(self) -> ExportedPredictor:
+        return self
+
+    def to(self, device: str) -> ExportedPredictor:
+        return self  # the graph runs where load_exported put it; outputs come back on the input's device
+
+    def predict_scores(self, images: torch.Tensor) -> torch.Tensor:
+        if self.model.outputs == "labels":  # one whole pass: class ids as one-hot scores
+            labels = self.model(images).long()
+            return torch.nn.functional.one_hot(labels, self.model.num_classes).permute(0, 3, 1, 2)
+        return infer(self.model, to_input(images), **self.inference)
+
+
 def predict(cfg: DictConfig, run_dir: Path) -> int:
     """Entry logic of `python -m segframe.predict`; returns the exit code."""
     check_keys(cfg, "predict")
     files = list_inputs(str(cfg.input))
-    module = module_from_checkpoint(load_checkpoint(cfg.ckpt), components.inference_options(cfg.eval))
+    options = components.inference_options(cfg.eval)
+    module: Any = ExportedPredictor(load_exported(cfg.ckpt), options) if is_exported(cfg.ckpt) else \
+        module_from_checkpoint(load_checkpoint(cfg.ckpt), options)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     out_dir = Path(cfg.output) if cfg.output else run_dir
     written, failed = predict_files(module, files, out_dir, float(cfg.overlay_alpha), device)

@@ -17,6 +17,7 @@ from segframe.checkpointing import LAST, Requeued, RunConfig, resumable
 from segframe.config import ConfigError, check_keys, plain
 from segframe.data.manifest import split_info
 from segframe.data.preparation import check_labelled, ensure_converted
+from segframe.model_card import write_model_card
 from segframe.module import SegModule
 from segframe.report import finish_run, predict_examples
 from segframe.resume import continue_logs, find_resume
@@ -82,4 +83,6 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             **components.model_size(module.model, cfg.data.crop_size)}
     metrics = finish_run(run_dir, cfg, module.last_confmat["test"], module.last_image_scores.get("test"), dm.classes,
                          dm.palette, info, examples)
+    write_model_card(run_dir, config, metrics, dm.manifest, dm.train_split, trainer.strategy.root_device.type,
+                     trainer.world_size)
     return float(metrics["miou"] or 0.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from helpers.config import compose
 
-from segframe import components
+from segframe import components, crf
 
 
 def _names(callbacks) -> list[str]:
@@ -25,5 +25,6 @@ def test_callbacks_come_from_the_config_and_the_lr_monitor_only_with_a_logger():
 
 def test_inference_options_are_the_eval_nodes_test_time_keys_as_plain_values():
     options = components.inference_options(compose(["data=shapes", "eval.scales=[0.5,1.0]", "eval.flip=true"]).eval)
-    assert options == {"scales": [0.5, 1.0], "flip": True, "mode": "whole", "crop": 512, "stride": 341}
+    assert options == {"scales": [0.5, 1.0], "flip": True, "mode": "whole", "crop": 512, "stride": 341, "crf": False,
+                       **crf.DEFAULTS}
     assert type(options["scales"]) is list  # plain, not an OmegaConf ListConfig: checkpoints hold it
