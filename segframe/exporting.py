@@ -51,7 +51,7 @@ def parity_images(seed: int = 0) -> list[torch.Tensor]:
     return [torch.randint(0, 256, (b, 3, h, w), generator=gen, dtype=torch.uint8) for b, h, w in PARITY_SIZES]
 
 
-def _export_onnx(wrapper: Deployable, example: torch.Tensor, path: Path, exporter: str, opset: int | None) -> int:
+def export_onnx(wrapper: Deployable, example: torch.Tensor, path: Path, exporter: str, opset: int | None) -> int:
     """Write the ONNX graph with dynamic batch, height and width; returns the opset written."""
     try:
         import onnx
@@ -76,7 +76,7 @@ def _export_onnx(wrapper: Deployable, example: torch.Tensor, path: Path, exporte
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def _export_torchscript(wrapper: Deployable, example: torch.Tensor, path: Path) -> None:
+def export_torchscript(wrapper: Deployable, example: torch.Tensor, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings: the sizes stay dynamic (checked by the parity run)
         traced = torch.jit.trace(wrapper, (example,), check_trace=False)
@@ -161,10 +161,10 @@ def export_checkpoint(ckpt_path: str, fmt: str, output: Path, opts: dict[str, An
         for exporter in exporters:
             try:
                 if fmt == "onnx":
-                    opset = _export_onnx(wrapper, example, tmp_graph, exporter, opts.get("opset"))
+                    opset = export_onnx(wrapper, example, tmp_graph, exporter, opts.get("opset"))
                 else:
                     opset = None
-                    _export_torchscript(wrapper, example, tmp_graph)
+                    export_torchscript(wrapper, example, tmp_graph)
                 numbers = parity(wrapper.eval(), tmp_graph, fmt, images)  # (an exporter may leave it in train mode)
             except ExportError:
                 raise

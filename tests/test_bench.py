@@ -171,3 +171,13 @@ def test_overhead_bare_loop_is_the_knobs_training_step_and_the_part_reports():
     assert len(bare) == len(light) == 1 and bare[0] > 0 and light[0] > 0
     text = overhead.report(bare, light, "resnet18", 32, 2, 32, 1, 1)
     assert "bare PyTorch loop" in text and "overhead ratio (Lightning / bare)" in text
+
+
+def test_infer_part_runs_each_runtime_on_the_same_model():
+    from segframe.bench.infer import bench_infer, report
+
+    rows = bench_infer(["fcn8s_resnet18"], (40, 56), batch=1, reps=1, num_classes=3)
+    runtimes = [r[1] for r in rows]
+    assert runtimes[:3] == ["eager", "torchscript", "onnxruntime"]
+    assert all(r[2] > 0 for r in rows[:3]), rows  # every runtime ran (onnxruntime is in the test extra)
+    assert "ms / image" in report(rows, (40, 56), 1, 1)

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import argparse
 
-PARTS = ("convert", "loader", "files", "dataloader", "memory", "eval", "step", "knobs", "checkpoint")
+PARTS = ("convert", "loader", "files", "dataloader", "memory", "eval", "step", "knobs", "checkpoint", "infer")
 QUICK = dict(size=64, batch=2, steps=2, min_steps=1, budget=2.0, overhead_steps=2, repeats=1, seconds=1.0, crop=128,
              files_images=48, dl_epochs=2, dl_batches=3, eval_size="64", eval_reps=1, memory_steps=1,
-             memory_samples=16, convert_images=64, gpu_size=128, checkpoint_repeats=1)
+             memory_samples=16, convert_images=64, gpu_size=128, checkpoint_repeats=1, infer_size="64",
+             infer_reps=1, infer_models="fcn8s_resnet18")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -77,6 +78,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--memory-samples", type=int, default=200, help="N of the loader memory sizes N, 4N, 16N")
     g.add_argument("--memory-factors", default="1,4,16")
     g.add_argument("--convert-images", type=int, default=1000, help="images in the generated VOC tree")
+    g = p.add_argument_group("infer (eager vs TorchScript vs ONNX Runtime, and the CRF)")
+    g.add_argument("--infer-models", default="fcn8s_resnet18,unet_resnet18",
+                   help="of fcn8s_resnet18, unet_resnet18, deeplabv3plus_resnet18")
+    g.add_argument("--infer-size", default="512", help="S or HxW")
+    g.add_argument("--infer-batch", type=int, default=1)
+    g.add_argument("--infer-reps", type=int, default=5, help="timed passes per runtime, interleaved")
     g.add_argument("--convert-workers", default="1,2", help="converter process counts to compare")
     g = p.add_argument_group("checkpoint")
     g.add_argument("--checkpoint-repeats", type=int, default=5, help="saves per writer and model, interleaved")

@@ -152,5 +152,13 @@ def knobs(args: argparse.Namespace, tmp: Path) -> str:
     return text
 
 
+def infer(args: argparse.Namespace, tmp: Path) -> str:
+    from segframe.bench.infer import bench_infer, report
+
+    size = height_width(args.infer_size)
+    rows = bench_infer(names(args.infer_models), size, args.infer_batch, args.infer_reps)
+    return report(rows, size, args.infer_batch, args.infer_reps)
+
+
 RUN = {"convert": convert, "loader": loader, "files": files, "dataloader": dataloader, "memory": memory,
-       "eval": evaluation, "step": step, "knobs": knobs, "checkpoint": checkpoint}
+       "eval": evaluation, "step": step, "knobs": knobs, "checkpoint": checkpoint, "infer": infer}
