@@ -47,7 +47,6 @@ def _runtimes(model: torch.nn.Module, example: torch.Tensor, folder: Path) -> di
     return runs
 
 
-@torch.inference_mode()
 def bench_infer(models: list[str], size: tuple[int, int], batch: int, reps: int,
                 num_classes: int = 21) -> list[tuple]:
     """Rows (model, runtime, ms per image, images/s, spread) at `size`, runtimes interleaved per
@@ -55,8 +54,8 @@ def bench_infer(models: list[str], size: tuple[int, int], batch: int, reps: int,
     rows = []
     x = torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(0))
     for name in models:
-        model = build(name, num_classes)
-        with tempfile.TemporaryDirectory() as tmp:
+        model = build(name, num_classes)  # outside inference mode: smp models probe their graph with autograd
+        with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
             runs = _runtimes(model, x, Path(tmp))
             ready = {k: f for k, f in runs.items() if callable(f)}
             times: dict[str, list[float]] = {k: [] for k in ready}
@@ -73,7 +72,8 @@ def bench_infer(models: list[str], size: tuple[int, int], batch: int, reps: int,
             ms = 1000 * median(times[k])
             rows.append((name, k, ms, 1000 / ms, f"{1000 * min(times[k]):.1f}-{1000 * max(times[k]):.1f}"))
         if crf.available() is None:
-            logits = model(x[:1])
+            with torch.inference_mode():
+                logits = model(x[:1])
             crf_times = [timed(lambda: crf.refine(logits, x[:1]), torch.device("cpu")) for _ in range(max(1, reps))]
             ms = 1000 * median(crf_times)
             rows.append((name, f"+ dense CRF ({num_classes} classes)", ms, 1000 / ms,
