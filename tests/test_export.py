@@ -243,3 +243,22 @@ def test_the_dynamo_exporter_when_onnxscript_is_installed(ckpts, tmp_path):
     assert side["exporter"] == "dynamo" and side["opset"] >= 18 and side["parity"]["max_abs_logit_diff"] <= 1e-4
     assert [i.name for i in onnx_session(out).get_inputs()] == ["images"]  # the name README's snippet feeds
     assert load_exported(out)(torch.rand(1, 3, 33, 65)).shape == (1, 6, 33, 65)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_trained_with_channels_last_and_torch_compile_exports(tmp_path):
+    """Trained for real under both knobs (torch.compile's first steps compile: ~1 min on a CPU), then
+    exported to ONNX through the command line, parity checked."""
+    from helpers.config import tiny
+
+    run = tmp_path / "run"
+    ok(run_cli("train", *tiny("module.channels_last=true", "module.torch_compile=true", "trainer.max_epochs=1",
+                              "report.num_images=0", "logger=none"),
+               f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={run}", timeout=900))
+    ckpt = next((run / "checkpoints").glob("best-*.ckpt"))
+    hp = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert hp["channels_last"] and hp["torch_compile"]
+    out = tmp_path / "model.onnx"
+    res = run_cli("export", f"ckpt={ckpt}", "format=onnx", f"output={out}")
+    ok(res)
+    assert "parity" in res.stdout and read_sidecar(out)["parity"]["argmax_agreement"] >= 0.9999
