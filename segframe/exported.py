@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -113,6 +114,23 @@ def jit_load(path: str | Path) -> Any:
         return torch.jit.load(str(path), map_location="cpu").eval()
 
 
+def graph_runner(path: str | Path, kind: str, cpu_only: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The graph at `path` as a function of a CPU tensor in the graph's input dtype, returning its
+    output as a tensor: an onnxruntime session (CUDA when it has it, unless `cpu_only`) or a
+    TorchScript module on the CPU."""
+    if kind == "onnx":
+        session = onnx_session(path, cpu_only=cpu_only)
+        name = session.get_inputs()[0].name
+        return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+    module = jit_load(path)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return module(x)
+
+    return run
+
+
 class ExportedModel:
     """An exported graph with its sidecar; called like a segframe model on float [B,3,H,W] in [0,1]
     (or uint8 [B,3,H,W]), it returns the graph's output as a torch tensor on the input's device:
@@ -125,8 +143,7 @@ class ExportedModel:
         self.num_classes = int(sidecar["num_classes"])
         self.outputs = sidecar["outputs"]
         self.input_dtype = sidecar["input"]["dtype"]
-        self._runner = runner
-        self._input_name = runner.get_inputs()[0].name if kind == "onnx" else None
+        self._run = runner
 
     def graph_input(self, x: torch.Tensor) -> torch.Tensor:
         """`x` (float in [0,1] or uint8) as the graph takes it, on the CPU."""
@@ -138,22 +155,12 @@ class ExportedModel:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ExportError(f"{self.path} takes images [B,3,H,W], got a tensor of shape {tuple(x.shape)}")
-        inp = self.graph_input(x).contiguous()
-        if self.kind == "onnx":
-            out = torch.from_numpy(self._runner.run(None, {self._input_name: inp.numpy()})[0])
-        else:
-            with torch.no_grad():
-                out = self._runner(inp)
-        return out.to(x.device)
+        return self._run(self.graph_input(x).contiguous()).to(x.device)
 
     def output_channels(self) -> int | None:
-        """The graph's class count: its static output channel dim, or one probe run; None for labels."""
+        """The graph's class count, from one small probe run; None for labels graphs."""
         if self.outputs != "logits":
             return None
-        if self.kind == "onnx":
-            dim = self._runner.get_outputs()[0].shape[1]
-            if isinstance(dim, int):
-                return dim
         probe = torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE)
         return int(self(probe).shape[1])
 
@@ -167,7 +174,7 @@ def load_exported(path: str | Path) -> ExportedModel:
     kind = graph_kind(path)
     side = read_sidecar(path)
     try:
-        runner = onnx_session(path) if kind == "onnx" else jit_load(path)
+        runner = graph_runner(path, kind)
     except ExportError:
         raise
     except Exception as exc:  # a truncated or foreign file

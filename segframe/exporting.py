@@ -21,7 +21,7 @@ from segframe.checkpoint import load_checkpoint, module_from_checkpoint, trained
 from segframe.config import check_keys, plain
 from segframe.data.manifest import sha256_file
 from segframe.errors import ExportError
-from segframe.exported import (FORMAT, FORMAT_VERSION, INSTALL_HINT, TORCHSCRIPT_SUFFIXES, jit_load, onnx_session,
+from segframe.exported import (FORMAT, FORMAT_VERSION, INSTALL_HINT, TORCHSCRIPT_SUFFIXES, graph_runner,
                                sidecar_path)
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".ts"}
@@ -84,11 +84,7 @@ def export_torchscript(wrapper: Deployable, example: torch.Tensor, path: Path) -
 
 
 def _runner(path: Path, kind: str) -> Any:
-    if kind == "onnx":
-        session = onnx_session(path, cpu_only=True)
-        name = session.get_inputs()[0].name
-        return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
-    return jit_load(path)
+    return graph_runner(path, kind, cpu_only=True)  # parity against the CPU reference, on the CPU
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from segframe import crf
 from segframe.bench.common import median, table, timed
-from segframe.exported import jit_load, onnx_session
+from segframe.exported import graph_runner
 from segframe.exporting import Deployable, export_onnx, export_torchscript
 from segframe.paths import CONF_DIR
 
@@ -36,12 +36,10 @@ def _runtimes(model: torch.nn.Module, example: torch.Tensor, folder: Path) -> di
     wrapper = Deployable(model).eval()
     runs: dict[str, Callable[[torch.Tensor], Any]] = {"eager": wrapper}
     export_torchscript(wrapper, example, folder / "model.ts")
-    runs["torchscript"] = jit_load(folder / "model.ts")
+    runs["torchscript"] = graph_runner(folder / "model.ts", "torchscript")
     try:
         export_onnx(wrapper, example, folder / "model.onnx", "torchscript", None)
-        session = onnx_session(folder / "model.onnx", cpu_only=True)
-        name = session.get_inputs()[0].name
-        runs["onnxruntime"] = lambda x: session.run(None, {name: x.numpy()})
+        runs["onnxruntime"] = graph_runner(folder / "model.onnx", "onnx", cpu_only=True)
     except Exception as exc:  # noqa: BLE001 (no onnx/onnxruntime here: the row says so)
         runs["onnxruntime"] = exc
     return runs
