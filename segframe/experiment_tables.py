@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from segframe.experiments import compare, experiment_files, load_experiment, load_result
+from segframe.experiments import compare, experiment_files, load_experiment, load_result, second_references
 from segframe.metric_names import image_summary_keys, percent, summary_keys
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -37,18 +37,23 @@ def row(name: str, experiment: Any, result: dict[str, Any] | None) -> str:
     if ref.get("minimum"):
         reported = ", ".join(f"{m} >= {_cell(v)}" for m, v in ref.minimum.items()) + " (expected)"
     reported += _per_image(ref.get("mean") or {})
+    metrics = compare(ref, result["runs"] if result is not None else [])
+    also = second_references(ref, metrics)
+    # a second reference for the same protocol: its numbers and source beside the judged one's
+    reported += "".join(f"; {a['name']}: " + ", ".join(f"{m} {_cell(v)}" for m, v in a["mean"].items()) for a in also)
+    source = ref.get("source", "") + "".join(f"; {a['name']}: {a['source']}" for a in also)
     names_image = any(m in (ref.get(part) or {}) for part in ("mean", "minimum", "tolerance") for m in IMAGE_METRICS)
     if result is None:
         why = ref.get("not_reproduced", "not run yet")
         reproduced, diff, status, wall = f"not reproduced ({why})", "-", "-", "-"
     else:
-        metrics = compare(ref, result["runs"])
         seeds = ", ".join(_cell(v) for v in metrics["miou"]["per_seed"])
         reproduced = " / ".join(_cell(metrics[m]["reproduced"]) for m in METRICS)
         if names_image:
             reproduced += _per_image({m: metrics[m]["reproduced"] for m in IMAGE_METRICS if m in metrics})
         reproduced += f" (mIoU per seed: {seeds})"
         diff = "-" if metrics["miou"]["diff"] is None else f"{metrics['miou']['diff']:+.2f}"
+        diff += "".join(f" ({a['name']}: {a['diff']['miou']:+.2f})" for a in also if a["diff"].get("miou") is not None)
         # every metric compare() judged: the dataset-level ones and the per-image ones
         verdicts = [metrics[m]["within"] for m in metrics if metrics[m]["within"] is not None]
         tolerances = ", ".join([f"{m} ±{metrics[m]['tolerance']}" for m in metrics if metrics[m]["tolerance"] is not None]
@@ -58,7 +63,7 @@ def row(name: str, experiment: Any, result: dict[str, Any] | None) -> str:
         walls = [w for w in result.get("wall_s", []) if w is not None]
         wall = f"{statistics.fmean(walls):.0f} s ({result['machine'].get('device', '?')}, {result['date']})" if walls \
             else "-"
-    return (f"| `{name}` | {ref.get('recipe', '')} | {ref.get('data', '')} | {reported} | {ref.get('source', '')} | "
+    return (f"| `{name}` | {ref.get('recipe', '')} | {ref.get('data', '')} | {reported} | {source} | "
             f"{reproduced} | {diff} | {status} | {wall} |")
 
 
@@ -132,8 +137,9 @@ def render_all(readme: str, directory: Path | None = None) -> str:
     return readme
 
 
-def comparison_text(name: str, rows: dict[str, Any]) -> str:
-    """compare()'s rows as reproduce prints them: reported vs reproduced per metric, and the verdict."""
+def comparison_text(name: str, rows: dict[str, Any], also: list[dict[str, Any]] = ()) -> str:
+    """compare()'s rows as reproduce prints them: reported vs reproduced per metric, and the verdict;
+    then each second reference (second_references()), which is shown and not judged."""
     lines = [f"\n{name}: reported vs reproduced (percent)",
              f"{'metric':<10} {'reported':>9} {'reproduced':>11} {'diff':>7} {'tolerance':>9}  per seed"]
     for metric, cells in rows.items():
@@ -142,4 +148,8 @@ def comparison_text(name: str, rows: dict[str, Any]) -> str:
         diff = "-" if cells["diff"] is None else f"{cells['diff']:+.2f}"
         lines.append(f"{metric:<10} {_cell(cells['reported']):>9} {_cell(cells['reproduced']):>11} {diff:>7} "
                      f"{_cell(cells['tolerance']):>9}  {cells['per_seed']} {verdict}")
+    for a in also:
+        cells = ", ".join(f"{m} {_cell(v)} (diff {'-' if a['diff'][m] is None else format(a['diff'][m], '+.2f')})"
+                          for m, v in a["mean"].items())
+        lines.append(f"second reference, not judged: {a['name']}: {cells}; {a['source']}")
     return "\n".join(lines)

@@ -89,3 +89,16 @@ def compare(reference: DictConfig | None, runs: list[dict[str, Any]]) -> dict[st
             "tolerance": tolerance, "minimum": minimum, "within": all(verdicts) if verdicts else None,
         }
     return rows
+
+
+def second_references(reference: DictConfig | None, rows: dict[str, Any]) -> list[dict[str, Any]]:
+    """The reference's `also:` entries (other published numbers for the same protocol, e.g. a faithful
+    reimplementation's), each with reproduced minus its value per metric it names. Shown beside the
+    judged reference and never judged: the verdict stays the `mean`/`tolerance` one's."""
+    out = []
+    for entry in (reference or {}).get("also") or []:
+        diffs = {m: round(rows[m]["reproduced"] - v, 2) if rows.get(m, {}).get("reproduced") is not None else None
+                 for m, v in (entry.get("mean") or {}).items()}
+        out.append({"name": entry.get("name", "second reference"), "source": entry.get("source", ""), "mean": dict(entry.mean), "diff": diffs})
+    return out
+

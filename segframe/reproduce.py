@@ -14,7 +14,7 @@ from pathlib import Path
 
 from segframe.errors import ConfigError, SegframeError
 from segframe.experiment_tables import comparison_text
-from segframe.experiments import compare, load_experiment, recipe_overrides, result_path, write_result
+from segframe.experiments import compare, load_experiment, recipe_overrides, result_path, second_references, write_result
 from segframe.reproduction import record, seeds_to_run, train_run
 
 OPTIONS = ("experiment", "seeds", "out")  # reproduce's own; every other argument goes to train
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     rows = compare(reference, runs)
-    print(comparison_text(name, rows))
+    print(comparison_text(name, rows, second_references(reference, rows)))
     failed = [r for r in runs if not r["ok"]]
     recipe = recipe_overrides(overrides)
     if recipe:  # a changed recipe is not the experiment: keep its numbers out of the results table

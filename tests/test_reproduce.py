@@ -38,6 +38,7 @@ def test_paper_recipes(stride, lr, miou):
     assert cfg.datamodule.batch_size == 1 and cfg.augmentation.train._target_.endswith("identity")
     assert cfg.model.channel_order == "bgr" and cfg.model.input_scale == 255.0 and list(cfg.model.std) == [1, 1, 1]
     assert cfg.reference.mean.miou == miou and cfg.scheduler._target_.endswith("ConstantLR")
+    assert cfg.data.split_mode == "seg11valid"  # SBD train / seg11valid, the paper's sets
 
 
 def test_a_stage_refuses_to_train_without_its_parent_checkpoint(tmp_path):
@@ -123,6 +124,28 @@ def test_results_table_rows(tmp_path):
     assert "61.20" in line and "+1.20" in line and "OUTSIDE tolerance" in line
     experiment.reference.tolerance.miou = 2.0  # judged against the reference as it stands now
     assert "within tolerance" in row("x", experiment, result)
+
+
+def test_a_second_reference_is_shown_and_not_judged():
+    from segframe.experiment_tables import comparison_text
+    from segframe.experiments import compare, second_references
+    from segframe.results import row
+
+    experiment = OmegaConf.create({"reference": {
+        "recipe": "r", "data": "d", "source": "the paper", "mean": {"miou": 60.0}, "tolerance": {"miou": 2.0},
+        "also": [{"name": "pytorch-fcn", "source": "its README", "mean": {"miou": 63.0}}]}})
+    assert "; pytorch-fcn: miou 63.00 | the paper; pytorch-fcn: its README |" in row("x", experiment, None)
+    runs = [{"ok": True, "miou": 0.615, "mean_acc": 0.7, "pixel_acc": 0.9, "fwiou": 0.8}]
+    result = {"runs": runs, "wall_s": [10.0], "machine": {"device": "cpu"}, "date": "2026-11-30"}
+    line = row("x", experiment, result)
+    # judged against the paper only: +1.50 is within its ±2.0, although 1.50 below the second reference
+    assert "| +1.50 (pytorch-fcn: -1.50) | within tolerance (miou ±2.0) |" in line
+    rows = compare(experiment.reference, runs)
+    (also,) = second_references(experiment.reference, rows)
+    assert also == {"name": "pytorch-fcn", "source": "its README", "mean": {"miou": 63.0}, "diff": {"miou": -1.5}}
+    text = comparison_text("x", rows, [also])
+    assert "second reference, not judged: pytorch-fcn: miou 63.00 (diff -1.50); its README" in text
+    assert second_references(OmegaConf.create({"mean": {"miou": 1.0}}), rows) == []
 
 
 def test_comparison_table_ranks_families_by_mean_miou(tmp_path):

@@ -128,7 +128,7 @@ def test_voc_aug_split_set_logic(mode, val):
 
 
 def test_voc_aug_bad_mode_is_refused():
-    with pytest.raises(ValueError, match="split_mode must be 1, 2 or 3"):
+    with pytest.raises(ValueError, match="split_mode must be 1, 2, 3 or seg11valid"):
         voc.VOCAugSource("v", "s", split_mode=4)
 
 
