@@ -1,0 +1,265 @@
+"""Train-step speed knobs: one FCN training step (uint8 batch -> float, forward, cross-entropy,
+backward, SGD with momentum) per model, with each knob switched on alone against the same
+baseline (fp32, contiguous NCHW, eager, cudnn.benchmark off).
+
+Achieved GFLOP/s = FLOPs of one forward + backward (counted by torch.utils.flop_counter on the
+baseline's first warm-up step; every knob does the same arithmetic) / median step time; "% of
+peak" compares it with a large square matmul of the same dtype on the same device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from segframe.bench.common import fmt, median, table, timed
+from segframe.data.sample import IGNORE_INDEX
+from segframe.models.fcn import FCN
+from segframe.models.base import to_input
+
+KNOBS = ("channels_last", "bf16", "fp16", "compile", "cudnn_benchmark")
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class StepRow:
+    model: str
+    knob: str
+    batch: int
+    size: int
+    status: str = "ok"  # ok | skipped | failed
+    reason: str = ""
+    steps: int = 0  # timed steps the figure is the median of
+    ms: float = math.nan
+    img_s: float = math.nan
+    gflop_s: float = math.nan
+    pct_peak: float = math.nan
+    speedup: float = math.nan  # baseline ms / this ms
+    first_s: float = math.nan  # first step (compile included)
+    compile_s: float = math.nan  # first step - median step, for torch.compile
+    flops: float = math.nan  # of one step
+
+
+def make_batch(batch: int, size: int, classes: int, device: torch.device,
+               width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the loader hands over: uint8 images [B,3,H,W] (H = `size`, W = `width` or `size`) and
+    int64 masks with ~5% void pixels (VOC's void borders), the same for every call (seed 0)."""
+    g = torch.Generator().manual_seed(0)
+    height, width = size, width or size
+    images = torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8, generator=g)
+    masks = torch.randint(0, classes, (batch, height, width), generator=g)
+    masks[torch.rand(masks.shape, generator=g) < 0.05] = IGNORE_INDEX
+    return images.to(device), masks.to(device)
+
+
+def compiler() -> str | None:
+    """The C++ compiler inductor would use on CPU ($CXX, else g++), or None."""
+    cxx = os.environ.get("CXX") or "g++"
+    return shutil.which(cxx)
+
+
+def skip_reason(knob: str, device: torch.device) -> str | None:
+    """Why `knob` cannot be measured on `device`, or None when it can."""
+    cuda = device.type == "cuda"
+    if knob == "fp16" and not cuda:
+        return "fp16 autocast is a CUDA knob (CPU autocast runs bf16; CPU fp16 convs are no fast path)"
+    if knob == "cudnn_benchmark" and not cuda:
+        return "cudnn.benchmark picks cuDNN conv algorithms: CUDA only"
+    if knob == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        return "this GPU has no bf16"
+    if knob == "compile":
+        try:
+            from torch import _dynamo
+
+            if not _dynamo.is_dynamo_supported():
+                return f"torch.compile is not supported on Python {sys.version_info[0]}.{sys.version_info[1]}"
+        except ImportError as exc:
+            return f"torch.compile unavailable ({exc})"
+        if not cuda and compiler() is None:
+            return (f"inductor needs a C++ compiler on CPU: ${{CXX}} / g++ not found "
+                    f"(CXX={os.environ.get('CXX', '')!r}); install g++ or set CXX")
+    if knob not in KNOBS and knob != "baseline":
+        return f"unknown knob (known: {', '.join(KNOBS)})"
+    return None
+
+
+def train_step(model: torch.nn.Module, device: torch.device,
+               knob: str = "baseline") -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """A closure doing one training step of `model` (moved to `device`) with `knob` on: the loop
+    one would write by hand (uint8 -> float as SegModule does, forward, cross-entropy, backward,
+    SGD with momentum). The knobs, memory and Lightning-overhead figures all time this step."""
+    model = model.to(device)
+    channels_last = knob == "channels_last"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    forward = torch.compile(model) if knob == "compile" else model
+    dtype = AUTOCAST.get(knob)
+    scaler = torch.amp.GradScaler("cuda") if knob == "fp16" else None
+
+    def step(images: torch.Tensor, masks: torch.Tensor) -> None:
+        x = to_input(images)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+            loss = F.cross_entropy(forward(x), masks, ignore_index=IGNORE_INDEX)
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+
+    step.model = model  # type: ignore[attr-defined]
+    return step
+
+
+def build_step(backbone: str, knob: str, device: torch.device, classes: int = 21,
+               stride: int = 8) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """A fresh FCN (seed 0, random init) and train_step()'s closure for it with `knob` on."""
+    torch.manual_seed(0)
+    return train_step(FCN(classes, stride, backbone, pretrained=False), device, knob)
+
+
+def step_flops(step: Callable, images: torch.Tensor, masks: torch.Tensor) -> int:
+    """FLOPs of one training step as FlopCounterMode counts them (convolutions and matmuls of the
+    forward and backward; the optimizer's elementwise update is not counted). Runs the step."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(images, masks)
+    return int(counter.get_total_flops())
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(on: bool):
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
+def measure(backbone: str, knob: str, images: torch.Tensor, masks: torch.Tensor, device: torch.device, *,
+            classes: int = 21, stride: int = 8, warmup: int = 1, max_steps: int = 20, min_steps: int = 2,
+            budget_s: float = 20.0, count_flops: bool = False) -> StepRow:
+    """One StepRow: `warmup` untimed steps (one more for torch.compile, whose first step compiles),
+    then as many timed steps as fit in `budget_s` judging by the last warm-up step, clamped to
+    [min_steps, max_steps]. With `count_flops` the first warm-up step runs under FlopCounterMode."""
+    row = StepRow(backbone, knob, batch=images.shape[0], size=images.shape[-1])
+    with _cudnn_benchmark(knob == "cudnn_benchmark"):
+        step = build_step(backbone, knob, device, classes, stride)
+        warm: list[float] = []
+        for i in range(max(1, warmup) + (knob == "compile")):
+            if i == 0 and count_flops:
+                counted: list[int] = []
+                warm.append(timed(lambda: counted.append(step_flops(step, images, masks)), device))
+                row.flops = float(counted[0])
+            else:
+                warm.append(timed(lambda: step(images, masks), device))
+        n = max(min_steps, min(max_steps, int(budget_s / max(warm[-1], 1e-9))))
+        times = [timed(lambda: step(images, masks), device) for _ in range(n)]
+    row.steps, row.first_s = n, warm[0]
+    seconds = median(times)
+    row.ms, row.img_s = 1000 * seconds, row.batch / seconds
+    if knob == "compile":
+        row.compile_s = max(0.0, warm[0] - seconds)
+    return row
+
+
+def probe_slowdown(backbone: str, knob: str, device: torch.device, size: int, classes: int = 21,
+                   stride: int = 8) -> tuple[float, float]:
+    """(knob step s, baseline step s) at batch 2 (BatchNorm needs 2), `size` px, each the faster of
+    two steps after a warm-up, for deciding whether an autocast knob is too slow to measure at full
+    size (bf16 on a CPU without native bf16 is ~10x slower than fp32)."""
+    images, masks = make_batch(2, size, classes, device)
+    steps = {k: build_step(backbone, k, device, classes, stride) for k in (knob, "baseline")}
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for i in range(3):  # interleaved, so that a burst of load on a shared machine hits both
+        for k, step in steps.items():
+            t = timed(lambda: step(images, masks), device)
+            if i:
+                times[k].append(t)
+    return min(times[knob]), min(times["baseline"])
+
+
+def bench_knobs(backbones: list[str], knobs: list[str], batch: int, size: int, device: torch.device,
+                peaks: dict[str, float], *, classes: int = 21, stride: int = 8, warmup: int = 1,
+                max_steps: int = 20, min_steps: int = 2, budget_s: float = 20.0, max_slowdown: float = 3.0,
+                log: Callable[[str], None] = lambda s: None) -> list[StepRow]:
+    """For each backbone: the baseline, then each knob alone; skipped knobs get a reason.
+    `peaks` maps "fp32"/"bf16"/"fp16" to matmul GFLOP/s for "% of peak" (missing: not printed).
+    An autocast knob (bf16, fp16) whose batch-2 probe at size/4 (>= 64 px) is more than `max_slowdown` times
+    the baseline's is skipped with the probe's figures (0: measure whatever it costs)."""
+    images, masks = make_batch(batch, size, classes, device)
+    rows: list[StepRow] = []
+    for backbone in backbones:
+        base = measure(backbone, "baseline", images, masks, device, classes=classes, stride=stride, warmup=warmup,
+                       max_steps=max_steps, min_steps=min_steps, budget_s=budget_s, count_flops=True)
+        log(f"{backbone} baseline: {base.ms:.0f} ms/step over {base.steps} steps, "
+            f"{base.flops / 1e9:.0f} GFLOP per step")
+        rows.append(base)
+        for knob in knobs:
+            reason = skip_reason(knob, device)
+            if reason is None and knob in AUTOCAST and max_slowdown > 0:
+                probe_size = max(64, size // 4)
+                slow, fast = probe_slowdown(backbone, knob, device, probe_size, classes, stride)
+                if slow > max_slowdown * fast:
+                    reason = (f"{slow / fast:.1f}x the baseline's step time in a batch-2 {probe_size}px probe "
+                              f"(limit --max-slowdown {max_slowdown:g}): about {slow / fast * base.ms / 1000:.0f} s "
+                              "per step here")
+            if reason is not None:
+                rows.append(StepRow(backbone, knob, batch, size, status="skipped", reason=reason))
+                log(f"{backbone} {knob}: skipped ({reason})")
+                continue
+            try:
+                row = measure(backbone, knob, images, masks, device, classes=classes, stride=stride, warmup=warmup,
+                              max_steps=max_steps, min_steps=min_steps, budget_s=budget_s)
+            except Exception as exc:  # e.g. inductor failing to build: report, do not crash the run
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                rows.append(StepRow(backbone, knob, batch, size, status="failed",
+                                    reason=f"{type(exc).__name__}: {message}"[:200]))
+                log(f"{backbone} {knob}: failed ({rows[-1].reason})")
+                continue
+            rows.append(row)
+            log(f"{backbone} {knob}: {row.ms:.0f} ms/step over {row.steps} steps")
+        for row in rows:
+            if row.model == backbone and row.status == "ok":
+                row.flops = base.flops
+                row.speedup = base.ms / row.ms
+                row.gflop_s = base.flops / 1e9 / (row.ms / 1000)
+                peak = peaks.get({"bf16": "bf16", "fp16": "fp16"}.get(row.knob, "fp32"))
+                if peak:
+                    row.pct_peak = 100 * row.gflop_s / peak
+    return rows
+
+
+def report(rows: list[StepRow], peaks: dict[str, dict]) -> str:
+    """The knob table, then skipped knobs with their reasons."""
+    lines = ["matmul peak (square, same device): " + ", ".join(
+        f"{p['dtype']} {p['gflops']:.1f} GFLOP/s at {p['size']}" for p in peaks.values())]
+    body = []
+    for r in rows:
+        if r.status != "ok":
+            body.append([r.model, r.knob, r.status, "-", "-", "-", "-", "-", "-", "-"])
+            continue
+        note = f"compile {r.compile_s:.0f} s (first step {r.first_s:.1f} s)" if r.knob == "compile" else ""
+        body.append([r.model, r.knob, str(r.steps), fmt(r.ms), fmt(r.img_s, 2), fmt(r.gflop_s), fmt(r.pct_peak),
+                     fmt(r.speedup, 2), fmt(r.flops / 1e9, 1), note])
+    lines.append(table(["model", "knob", "steps", "ms/step", "img/s", "GFLOP/s", "% of peak", "speed-up",
+                        "GFLOP/step", "note"], body))
+    for r in rows:
+        if r.status != "ok":
+            lines.append(f"  {r.model} {r.knob} {r.status}: {r.reason}")
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""What every entry point does with an exception: a user error (`segframe.errors.SegframeError`, or
+a config that Hydra, OmegaConf or Lightning refused) becomes one clear paragraph and exit 1; anything
+else is a bug and keeps its traceback (a plain ValueError included)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from omegaconf.errors import OmegaConfBaseException
+
+from segframe.errors import LaunchError, SegframeError
+
+T = TypeVar("T")
+
+log = logging.getLogger("segframe")
+
+
+def user_error(exc: BaseException) -> bool:
+    """Whether `exc` is the user's to fix: a SegframeError; a component its config node could not
+    build (Hydra's InstantiationException: an unknown `_target_`, a wrong argument, a value the
+    component refused); a config value OmegaConf cannot resolve (`???`, a broken interpolation); a
+    trainer setting Lightning refuses (MisconfigurationException, matched by name so that the CLI
+    does not import Lightning)."""
+    return isinstance(exc, (SegframeError, InstantiationException, OmegaConfBaseException)) or \
+        any(c.__name__ == "MisconfigurationException" for c in type(exc).__mro__)
+
+
+def run(job: Callable[[], T]) -> T:
+    """Run `job`; on a user error print its message and exit 1 (SEGFRAME_TRACEBACK=1 shows the traceback).
+    Inside a multirun sweep a failed run is logged with its traceback and the sweep goes on; a refused
+    process layout (LaunchError) ends the sweep before anything trains."""
+    try:
+        return job()
+    except Exception as exc:
+        if _multirun() and not isinstance(exc, LaunchError) and not os.environ.get("SEGFRAME_TRACEBACK"):
+            # one failed run must not end an overnight sweep: log it, and the sweep summary
+            # lists the run as failed (it wrote no metrics.json)
+            log.exception("run failed: %s", exc)
+            if not _basic_sweeper():
+                # optimisation sweepers (Optuna) record a raised run as a failed trial and go on
+                # (hydra.sweeper.max_failure_rate); a returned nan would crash hydra-optuna-sweeper
+                raise
+            return float("nan")  # type: ignore[return-value]
+        if not user_error(exc) or os.environ.get("SEGFRAME_TRACEBACK"):
+            raise
+        message = str(exc)
+        if exc.__cause__ is not None and str(exc.__cause__) not in message:
+            message += f"\ncaused by: {exc.__cause__}"
+        fail(message, f"{type(exc).__name__}: {message}")
+
+
+def fail(message: str, logged: str | None = None) -> NoReturn:
+    """Print a user error as one paragraph (and record it in the run's log file); exit 1."""
+    _log_to_files(logged or message)
+    print(f"\nerror: {message}\n(set SEGFRAME_TRACEBACK=1 for the full traceback)", file=sys.stderr)
+    sys.exit(1)
+
+
+def _log_to_files(message: str) -> None:
+    """Record the error in the run's log file (Hydra's job log) without printing it twice on the console."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _basic_sweeper() -> bool:
+    return str(HydraConfig.get().sweeper.get("_target_", "")).endswith(".BasicSweeper")

@@ -1,0 +1,208 @@
+"""The sample contract: what one training example looks like inside a shard.
+
+A sample is a dict of bytes written to a WebDataset tar:
+  __key__   image id with every char outside [A-Za-z0-9_-] replaced by "_"
+            (WebDataset splits a key at its first dot)
+  jpg|png   the source image's own bytes when already JPEG/PNG, else PNG re-encoded
+  seg.png   single-channel 8-bit PNG of class indices 0..C-1, IGNORE_INDEX = void
+  json      {"id", "source", "split", "height", "width"}
+
+Decoding uses PIL only: never pickle, never torch.load, and masks are read as raw
+indices (palette PNGs must not go through an RGB conversion).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from segframe.errors import SampleError
+
+IGNORE_INDEX = 255
+IMAGE_ENTRIES = ("jpg", "png")  # a shard sample's image entry: the source file's own JPEG/PNG bytes
+# image files segframe reads (converters of user folders, predict): what decode_image opens
+IMAGE_FILE_EXTS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp")
+MASK_EXT = "seg.png"
+META_EXT = "json"
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+@dataclass
+class RawSample:
+    """What a converter hands to the shard writer for one image."""
+
+    id: str
+    image: bytes | np.ndarray  # encoded file bytes, or an HxWx3 uint8 array
+    mask: np.ndarray | bytes  # HxW uint8 class indices, or an L/P PNG's bytes whose values are the indices
+    source: str = ""  # where it came from (file path or generator), for error messages
+
+
+def make_key(sample_id: str) -> str:
+    return _KEY_UNSAFE.sub("_", sample_id)
+
+
+def image_format(data: bytes) -> str | None:
+    """'jpg' / 'png' from the magic bytes, None for anything else."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    return None
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def decode_image(data: bytes, name: str = "image", exif_transpose: bool = False) -> np.ndarray:
+    """Encoded bytes -> HxWx3 uint8 RGB; `exif_transpose`: as a viewer shows it (phone photos)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            _check_depth(im, name)
+            if exif_transpose:
+                from PIL import ImageOps
+
+                return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+            return np.asarray(im.convert("RGB"))
+    except SampleError:
+        raise
+    except Exception as exc:  # PIL raises many types for corrupt data
+        raise SampleError(f"{name}: cannot decode image ({exc})") from exc
+
+
+# PIL scales 2- and 4-bit greyscale PNGs to 0..255 (as the PNG spec says for display); a mask's
+# stored values are class ids, so they are scaled back
+_LOW_BIT_SCALE = {"L;2": 85, "L;4": 17}
+
+
+def mask_indices(im: Image.Image, name: str = "mask") -> np.ndarray:
+    """The class ids an opened (not yet loaded) mask image stores: 8-bit L, or P read as palette
+    indices (never through RGB), 1-bit as 0/1, low-bit greyscale PNGs unscaled. HxW uint8."""
+    rawmode = im.tile[0].args if im.tile and isinstance(im.tile[0].args, str) else im.mode
+    if im.mode == "1":
+        return np.asarray(im, dtype=np.uint8)
+    if im.mode not in ("L", "P"):
+        raise SampleError(f"{name}: mask has mode {im.mode!r}, expected a single-channel index or palette image")
+    values = np.asarray(im, dtype=np.uint8)
+    scale = _LOW_BIT_SCALE.get(rawmode)
+    return values // scale if scale else values.copy()
+
+
+def is_8bit_index_png(im: Image.Image) -> bool:
+    """An opened image already in the shard's mask format (8-bit L or P PNG): its bytes can be kept."""
+    return im.format == "PNG" and im.mode in ("L", "P") and bool(im.tile) and im.tile[0].args in ("L", "P")
+
+
+def decode_mask(data: bytes, name: str = "mask") -> np.ndarray:
+    """PNG bytes -> HxW uint8 class indices, read as indices (mode L or P), never via RGB."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return mask_indices(im, name)
+    except SampleError:
+        raise
+    except Exception as exc:
+        raise SampleError(f"{name}: cannot decode mask ({exc})") from exc
+
+
+def check_image(data: bytes, name: str = "image") -> tuple[int, int]:
+    """Decode an encoded image enough to catch corrupt or truncated files; returns (height, width).
+    JPEGs decode through libjpeg's 1/8 DCT scaling: every entropy-coded byte is still read, so a
+    truncated or broken stream fails as in a full decode, at a fraction of the cost."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            _check_depth(im, name)
+            width, height = im.size
+            if im.format == "JPEG":
+                im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+            im.load()
+    except SampleError:
+        raise
+    except Exception as exc:  # PIL raises many types for corrupt data
+        raise SampleError(f"{name}: cannot decode image ({exc})") from exc
+    return height, width
+
+
+def _check_depth(im: Image.Image, name: str) -> None:
+    """Images are 8 bits per channel: a 16-bit or float image would be clipped to 0..255 on reading."""
+    if im.mode.startswith("I") or im.mode == "F":
+        raise SampleError(f"{name}: image mode {im.mode!r} (16-bit or float) is not supported; segframe reads 8 bits "
+                          "per channel: rescale it to 8 bits before converting")
+
+
+def check_mask(mask: np.ndarray, num_classes: int, name: str) -> None:
+    """Labels must be 0..C-1 or IGNORE_INDEX."""
+    bad = (mask >= num_classes) & (mask != IGNORE_INDEX)
+    if bad.any():
+        values = sorted(int(v) for v in np.unique(mask[bad]))[:10]
+        raise SampleError(
+            f"{name}: label values {values} are outside 0..{num_classes - 1} and not {IGNORE_INDEX} (ignore)"
+        )
+
+
+def encode_sample(raw: RawSample, split: str, num_classes: int) -> tuple[dict[str, bytes], np.ndarray]:
+    """Validate a RawSample and turn it into shard entries. Returns (entries, mask)."""
+    name = raw.source or raw.id
+    if isinstance(raw.image, np.ndarray):
+        if raw.image.ndim != 3 or raw.image.shape[2] != 3 or raw.image.dtype != np.uint8:
+            raise SampleError(f"{name}: image array must be HxWx3 uint8, got {raw.image.shape} {raw.image.dtype}")
+        ext, image_bytes, size = "png", encode_png(raw.image), raw.image.shape[:2]
+    else:
+        ext = image_format(raw.image)
+        image_bytes = bytes(raw.image)
+        if ext is None:  # e.g. BMP/TIFF: store as PNG so readers only need jpg/png
+            decoded = decode_image(raw.image, name)
+            ext, image_bytes, size = "png", encode_png(decoded), decoded.shape[:2]
+        else:
+            size = check_image(image_bytes, name)
+    mask_bytes = None
+    if isinstance(raw.mask, (bytes, bytearray)):
+        # an index/palette PNG is already in the shard's mask format: keep its bytes, no re-encode
+        mask_bytes = bytes(raw.mask) if image_format(raw.mask) == "png" else None
+        mask = decode_mask(bytes(raw.mask), f"{name} (mask)")
+    else:
+        mask = np.asarray(raw.mask)
+    if mask.ndim != 2 or mask.dtype != np.uint8:
+        raise SampleError(f"{name}: mask must be HxW uint8, got shape {mask.shape} dtype {mask.dtype}")
+    if mask.shape != tuple(size):
+        raise SampleError(
+            f"{name}: image is {size[1]}x{size[0]} (WxH) but its mask is {mask.shape[1]}x{mask.shape[0]}"
+        )
+    check_mask(mask, num_classes, name)
+    meta = {"id": raw.id, "source": raw.source, "split": split, "height": int(size[0]), "width": int(size[1])}
+    entries = {
+        "__key__": make_key(raw.id),
+        ext: image_bytes,
+        MASK_EXT: mask_bytes if mask_bytes is not None else encode_png(mask),
+        META_EXT: json.dumps(meta).encode("utf-8"),
+    }
+    return entries, mask
+
+
+def decode_sample(sample: dict, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Shard entries -> (HxWx3 uint8 image, HxW uint8 mask, meta). Only jpg/png/json are read."""
+    key = sample.get("__key__", "?")
+    where = f"{sample.get('__url__', 'shard')} key {key}"
+    ext = next((e for e in IMAGE_ENTRIES if e in sample), None)
+    if ext is None or MASK_EXT not in sample or META_EXT not in sample:
+        raise SampleError(
+            f"{where}: incomplete sample, has {sorted(k for k in sample if not k.startswith('__'))}, "
+            f"expected one of {IMAGE_ENTRIES} plus {MASK_EXT!r} and {META_EXT!r}"
+        )
+    image = decode_image(sample[ext], f"{where} ({ext})")
+    mask = decode_mask(sample[MASK_EXT], f"{where} ({MASK_EXT})")
+    try:
+        meta = json.loads(sample[META_EXT])
+    except ValueError as exc:
+        raise SampleError(f"{where}: bad json ({exc})") from exc
+    if image.shape[:2] != mask.shape:
+        raise SampleError(f"{where}: image {image.shape[:2]} and mask {mask.shape} differ in size")
+    if num_classes is not None:
+        check_mask(mask, num_classes, where)
+    return image, mask, meta

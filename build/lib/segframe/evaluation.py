@@ -1,0 +1,45 @@
+"""What `python -m segframe.eval` does: a checkpoint's metrics on a split, with the same report as
+training. The model, classes and (without `data=`) the dataset come from the checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from segframe import components
+from segframe.checkpoint import load_checkpoint, module_from_checkpoint, trained_data
+from segframe.config import check_keys
+from segframe.data.augment import identity
+from segframe.errors import CheckpointError
+from segframe.report import finish_run, predict_examples
+
+
+def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Metrics of the checkpoint `cfg.ckpt` on `eval.split` (default: the dataset's val split)."""
+    check_keys(cfg, "eval")
+    ckpt = load_checkpoint(cfg.ckpt)
+    hp = ckpt["hyper_parameters"]
+    if not cfg.get("data") and trained_data(ckpt) is None:
+        raise CheckpointError(f"checkpoint {cfg.ckpt} does not record the dataset it was trained on; name it: "
+                              f"python -m segframe.eval ckpt={cfg.ckpt} data=NAME")
+    data = cfg.data if cfg.get("data") else OmegaConf.create(trained_data(ckpt))
+    split = cfg.eval.split or data.val_split
+    module = module_from_checkpoint(ckpt, components.inference_options(cfg.eval))
+    dm = components.datamodule(data, cfg.datamodule, None, identity(), shard_dir=data.shard_dir, test_split=split,
+                               val_split=split)
+    if dm.num_classes != len(hp["classes"]):
+        raise CheckpointError(f"checkpoint {cfg.ckpt} predicts {len(hp['classes'])} classes {hp['classes']} but "
+                              f"dataset {data.name} has {dm.num_classes} {dm.classes}; evaluate it on the dataset it "
+                              f"was trained for")
+    trainer = components.trainer(cfg.trainer, run_dir, [], False)
+    trainer.test(module, datamodule=dm, verbose=False)
+    if not trainer.is_global_zero:
+        return {}
+    examples = predict_examples(module, dm.eval_dataloader(split), cfg.report.num_images) \
+        if cfg.report.num_images > 0 else None
+    info = {"dataset": dm.manifest["name"], "split": split, "checkpoint": str(cfg.ckpt),
+            "num_samples": dm.manifest["splits"][split]["num_samples"], "inference": module.inference}
+    return finish_run(run_dir, cfg, module.last_confmat["test"], module.last_image_scores.get("test"), dm.classes,
+                      dm.palette, info, examples)

@@ -1,0 +1,104 @@
+"""The experiments library: the experiment files (what each recipe reports), the result files
+`segframe.reproduce` writes beside them (what it measured), and the verdict of one against the
+other. Both entry points find the experiments through experiments_dir(), so what reproduce writes
+is what results reads. Torch-free, so that `segframe.results` starts without importing it (~5 s).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from segframe.errors import MissingFileError
+from segframe.metric_names import image_summary_keys, summary_keys
+from segframe.paths import EXPERIMENTS_DIR
+
+# dataset-level, then per image (miou_img, mdice_img: the polyp papers' convention), recorded per run
+# and judged alike; a reference may lack some (e.g. mdice): those print "-" and judge nothing
+METRICS = (*summary_keys(), *image_summary_keys())
+
+
+def experiments_dir() -> Path:
+    """experiments/ of the checkout, or $SEGFRAME_EXPERIMENTS (your own, found by train through
+    `hydra.searchpath=[file://DIR/..]` with the files in DIR = <that>/experiment). Its results/
+    holds what reproduce measured."""
+    return Path(os.environ.get("SEGFRAME_EXPERIMENTS", EXPERIMENTS_DIR))
+
+
+def experiment_files(directory: Path | None = None) -> list[Path]:
+    """The experiment files of `directory` (default: experiments_dir()), in the tables' order."""
+    return sorted((directory or experiments_dir()).glob("*.yaml"))
+
+
+def load_experiment(name: str, directory: Path | None = None) -> DictConfig:
+    path = (directory or experiments_dir()) / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in experiment_files(directory))
+        raise MissingFileError(f"no experiment {name!r} ({path} is missing); experiments: {', '.join(known)}")
+    return OmegaConf.load(path)
+
+
+def result_path(name: str, directory: Path | None = None) -> Path:
+    """Where reproduce records experiment `name`'s runs: <experiments dir>/results/NAME.json."""
+    return (directory or experiments_dir()) / "results" / f"{name}.json"
+
+
+def load_result(name: str, directory: Path | None = None) -> dict[str, Any] | None:
+    """What reproduce recorded for `name`, or None when it has not been reproduced."""
+    path = result_path(name, directory)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_result(name: str, result: dict[str, Any]) -> Path:
+    path = result_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return path
+
+
+def recipe_overrides(overrides: Iterable[str]) -> list[str]:
+    """The overrides that make a run another recipe than the experiment's, whose numbers stay out of
+    the results: where data and outputs live, and loader processes, do not change the numbers;
+    devices do (DDP multiplies the batch), so they count as a different recipe."""
+    return [o for o in overrides if not o.startswith(("hydra.", "paths.", "datamodule.num_workers"))]
+
+
+def compare(reference: DictConfig | None, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Reproduced mean / spread per metric (percent) against the reference and its tolerance."""
+    done = [r for r in runs if r["ok"]]
+    rows = {}
+    for metric in METRICS:
+        values = [100 * r[metric] for r in done if r.get(metric) is not None]
+        mean = round(statistics.fmean(values), 2) if values else None
+        ref = reference if reference is not None else {}
+        reported = (ref.get("mean") or {}).get(metric)
+        tolerance = (ref.get("tolerance") or {}).get(metric)
+        minimum = (ref.get("minimum") or {}).get(metric)  # an expectation: at least this much
+        diff = round(mean - reported, 2) if mean is not None and reported is not None else None
+        verdicts = ([abs(diff) <= tolerance] if tolerance is not None and diff is not None else []) + \
+            ([mean >= minimum] if minimum is not None and mean is not None else [])
+        rows[metric] = {
+            "reported": reported, "reproduced": mean, "per_seed": [round(v, 2) for v in values],
+            "spread": round(max(values) - min(values), 2) if values else None, "diff": diff,
+            "tolerance": tolerance, "minimum": minimum, "within": all(verdicts) if verdicts else None,
+        }
+    return rows
+
+
+def second_references(reference: DictConfig | None, rows: dict[str, Any]) -> list[dict[str, Any]]:
+    """The reference's `also:` entries (other published numbers for the same protocol, e.g. a faithful
+    reimplementation's), each with reproduced minus its value per metric it names. Shown beside the
+    judged reference and never judged: the verdict stays the `mean`/`tolerance` one's."""
+    out = []
+    for entry in (reference or {}).get("also") or []:
+        diffs = {m: round(rows[m]["reproduced"] - v, 2) if rows.get(m, {}).get("reproduced") is not None else None
+                 for m, v in (entry.get("mean") or {}).items()}
+        out.append({"name": entry.get("name", "second reference"), "source": entry.get("source", ""), "mean": dict(entry.mean), "diff": diffs})
+    return out
+

@@ -1,0 +1,166 @@
+"""One dataset-level confusion matrix, and the benchmark scores derived from it; and,
+under their own names, the per-image Dice/IoU averages medical papers report.
+
+Rows are ground truth, columns prediction; pixels labelled IGNORE_INDEX are excluded.
+The matrix is a torchmetrics state reduced by sum, so it is exact across DDP ranks
+(per-image averages, as in torchmetrics.segmentation.MeanIoU, are not the benchmark mIoU:
+they live in PerImageScores / image_scores and are never mixed with the dataset-level ones).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torchmetrics import Metric
+
+from segframe.data.sample import IGNORE_INDEX
+
+
+def valid_labels(preds: torch.Tensor, target: torch.Tensor, num_classes: int,
+                 ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(valid mask, gt labels, predicted labels) of the pixels not labelled `ignore_index`, after
+    checking shapes and the label range. preds: class indices [B,H,W] or logits [B,C,H,W]."""
+    if preds.ndim == target.ndim + 1:
+        preds = preds.argmax(1)
+    if preds.shape != target.shape:
+        raise ValueError(f"prediction shape {tuple(preds.shape)} != target shape {tuple(target.shape)}")
+    valid = target != ignore_index
+    t, p = target[valid].long(), preds[valid].long()
+    if t.numel() and int(t.max()) >= num_classes:
+        raise ValueError(f"target label {int(t.max())} is outside 0..{num_classes - 1} and not {ignore_index}")
+    return valid, t, p
+
+
+class ConfusionMatrix(Metric):
+    full_state_update = False
+    is_differentiable = False
+
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):
+        super().__init__()
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.add_state("confmat", default=torch.zeros(num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """preds: class indices [B,H,W] (or logits [B,C,H,W]); target: [B,H,W] with ignore pixels."""
+        _, t, p = valid_labels(preds, target, self.num_classes, self.ignore_index)
+        # bincount over gt*C+pred: one pass, no per-class loop
+        self.confmat += torch.bincount(t * self.num_classes + p, minlength=self.num_classes**2).view(
+            self.num_classes, self.num_classes
+        )
+
+    def compute(self) -> torch.Tensor:
+        return self.confmat
+
+
+def scores(confmat: np.ndarray | torch.Tensor) -> dict[str, float | list[float]]:
+    """Dataset-level scores as fractions in [0, 1], all from the one confusion matrix.
+    Per class (tp = diagonal, gt = row sum, pred = column sum): IoU = tp/(gt+pred-tp),
+    Dice/F1 = 2tp/(gt+pred), precision = tp/pred, recall = accuracy = tp/gt. Per-class values
+    are NaN for classes that are absent (IoU, Dice: from both ground truth and prediction;
+    recall/accuracy: from ground truth; precision: from prediction), and those classes do not
+    enter the means: mIoU and mDice average over classes in ground truth or prediction,
+    mean accuracy over classes in ground truth."""
+    cm = confmat.detach().cpu().double().numpy() if isinstance(confmat, torch.Tensor) else np.asarray(confmat, float)
+    tp = np.diag(cm)
+    gt = cm.sum(1)
+    pred = cm.sum(0)
+    total = cm.sum()
+    union = gt + pred - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+        acc = np.where(gt > 0, tp / gt, np.nan)
+        dice = np.where(gt + pred > 0, 2 * tp / (gt + pred), np.nan)
+        precision = np.where(pred > 0, tp / pred, np.nan)
+    freq = gt / total if total > 0 else np.zeros_like(gt)
+    present = union > 0  # == (gt + pred > 0): the classes mIoU and mDice average over
+    return {
+        "miou": float(np.nanmean(iou)) if present.any() else float("nan"),
+        "mdice": float(np.nanmean(dice)) if present.any() else float("nan"),
+        "mean_acc": float(np.nanmean(acc)) if (gt > 0).any() else float("nan"),
+        "pixel_acc": float(tp.sum() / total) if total > 0 else float("nan"),
+        "fwiou": float(np.nansum(freq * np.nan_to_num(iou))) if total > 0 else float("nan"),
+        "per_class_iou": iou.tolist(),
+        "per_class_dice": dice.tolist(),
+        "per_class_precision": precision.tolist(),
+        "per_class_recall": acc.tolist(),  # recall = tp/gt: the per-class pixel accuracy
+        "per_class_acc": acc.tolist(),
+        "gt_pixels": gt.astype(np.int64).tolist(),
+    }
+
+
+class PerImageScores(Metric):
+    """Dice and IoU computed per image, then averaged over images (the convention of medical
+    papers, e.g. PraNet's polyp Dice), kept apart from the dataset-level scores.
+
+    For image i and class c, over the image's valid pixels (target != ignore_index):
+    tp = pixels with gt c and prediction c, g = pixels with gt c, p = pixels predicted c;
+    the image contains c when g + p > 0, and then Dice_i(c) = 2tp / (g + p) and
+    IoU_i(c) = tp / (g + p - tp) (0 when c is only in gt or only in the prediction).
+    Images where c is in neither gt nor prediction (0/0) do not count for c.
+
+    States, per class, summed over images and reduced by sum across DDP ranks (exact):
+    `dice_sum[c]` = sum of Dice_i(c), `iou_sum[c]` = sum of IoU_i(c), and
+    `images[c]` = number of images that contain c. See image_scores() for the averages.
+    `skip_background` (True when class 0 is named "background") is read by image_scores().
+    """
+
+    full_state_update = False
+    is_differentiable = False
+
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, skip_background: bool = False):
+        super().__init__()
+        self.num_classes, self.ignore_index, self.skip_background = num_classes, ignore_index, skip_background
+        self.add_state("dice_sum", default=torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("iou_sum", default=torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("images", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """preds: class indices [B,H,W] (or logits [B,C,H,W]); target: [B,H,W] with ignore pixels."""
+        if target.ndim == 2:  # one image
+            preds, target = preds[None], target[None]
+        n, batch = self.num_classes, target.shape[0]
+        valid, t, p = valid_labels(preds, target, n, self.ignore_index)
+        image = torch.arange(batch, device=target.device).view(-1, *([1] * (target.ndim - 1))).expand_as(target)[valid]
+        # one bincount for the whole batch: a confusion matrix per image, [B, C, C]
+        cm = torch.bincount((image * n + t) * n + p, minlength=batch * n * n).view(batch, n, n).double()
+        tp = cm.diagonal(dim1=1, dim2=2)
+        total = cm.sum(2) + cm.sum(1)  # gt + pred pixels per image and class
+        present = total > 0
+        denominator = total.clamp_min(1)
+        self.dice_sum += (2 * tp / denominator).sum(0)
+        self.iou_sum += (tp / (total - tp).clamp_min(1)).sum(0)
+        self.images += present.sum(0)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return {"dice_sum": self.dice_sum, "iou_sum": self.iou_sum, "images": self.images}
+
+
+def image_scores(dice_sum: np.ndarray | torch.Tensor, iou_sum: np.ndarray | torch.Tensor,
+                 images: np.ndarray | torch.Tensor, skip_background: bool = False) -> dict[str, Any]:
+    """Per-image averages from PerImageScores' states, as fractions in [0, 1]:
+    per_class_dice_img[c] = mean over the images that contain c (in gt or prediction) of that
+    image's Dice for c (NaN when no image contains c); likewise per_class_iou_img;
+    mdice_img / miou_img = mean of those per-class averages over the classes some image
+    contains, without class 0 when `skip_background` (class 0 named "background"). For a
+    binary dataset [background, polyp], mdice_img is the per-image polyp Dice averaged over
+    the images (the number polyp papers report)."""
+    def array(x: np.ndarray | torch.Tensor) -> np.ndarray:
+        return x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, float)
+
+    dice, iou, count = array(dice_sum), array(iou_sum), array(images)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice_img = np.where(count > 0, dice / count, np.nan)
+        iou_img = np.where(count > 0, iou / count, np.nan)
+    averaged = count > 0
+    if skip_background and len(averaged):
+        averaged[0] = False
+    return {
+        "miou_img": float(np.mean(iou_img[averaged])) if averaged.any() else float("nan"),
+        "mdice_img": float(np.mean(dice_img[averaged])) if averaged.any() else float("nan"),
+        "per_class_iou_img": iou_img.tolist(),
+        "per_class_dice_img": dice_img.tolist(),
+        "images_per_class": count.astype(np.int64).tolist(),
+        "skip_background": bool(skip_background),
+    }

@@ -1,0 +1,63 @@
+"""`python -m segframe.reproduce experiment=NAME [seeds=0,1] [out=DIR] [train overrides...]`
+
+Trains the experiment once per seed (each run is `python -m segframe.train experiment=NAME
+seed=K`, in its own process), first training the earlier stages of a staged chain
+(`parent_experiment`) whose checkpoints are missing; then prints reported vs reproduced per
+metric, writes `experiments/results/NAME.json`, and exits 1 when a metric with a tolerance
+misses it (or a run fails). With $SEGFRAME_EXPERIMENTS set, experiments and results are there.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from segframe.errors import ConfigError, SegframeError
+from segframe.experiment_tables import comparison_text
+from segframe.experiments import compare, load_experiment, recipe_overrides, result_path, second_references, write_result
+from segframe.reproduction import record, seeds_to_run, train_run
+
+OPTIONS = ("experiment", "seeds", "out")  # reproduce's own; every other argument goes to train
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        return 0 if args else 2
+    options = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.split("=", 1)[0] in OPTIONS}
+    overrides = [a for a in args if a.split("=", 1)[0] not in options]
+    if "experiment" not in options:
+        print("error: say which experiment: python -m segframe.reproduce experiment=NAME", file=sys.stderr)
+        return 2
+    name = options["experiment"]
+    try:
+        reference = load_experiment(name).get("reference")
+        seeds = seeds_to_run(options.get("seeds"), reference)
+        if any(o.startswith("hydra.run.dir=") for o in overrides):
+            raise ConfigError("reproduce places each run under out=DIR/NAME/seedK; use out=DIR, not hydra.run.dir")
+        runs = [train_run(name, seed, Path(options.get("out", "outputs/reproduce")), overrides) for seed in seeds]
+    except SegframeError as exc:  # a bad argument, a parent_experiment cycle, a missing experiment file
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows = compare(reference, runs)
+    print(comparison_text(name, rows, second_references(reference, rows)))
+    failed = [r for r in runs if not r["ok"]]
+    recipe = recipe_overrides(overrides)
+    if recipe:  # a changed recipe is not the experiment: keep its numbers out of the results table
+        print(f"\nnot recording {result_path(name)}: overrides {recipe} change the recipe")
+    elif not failed:
+        written = write_result(name, record(name, seeds, overrides, rows, runs, reference))
+        print(f"\nwrote {written}; `python -m segframe.results` updates the README table")
+    if failed:
+        print(f"{len(failed)} run(s) failed: {[r['run_dir'] for r in failed]}", file=sys.stderr)
+        return 1
+    missed = [m for m, row in rows.items() if row["within"] is False]
+    if missed:
+        print(f"outside the tolerance: {missed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

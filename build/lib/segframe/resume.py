@@ -1,0 +1,134 @@
+"""Where a resumed run picks up: `resume=PATH|auto` turned into a checkpoint and the run directory it
+belongs to, and that run's CSV and TensorBoard logs continued without duplicates (what the killed
+process logged after its checkpoint is dropped: the resumed run logs it again).
+
+The checkpoints themselves are written by checkpointing.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+from segframe.atomic import write_text_atomic
+from segframe.checkpointing import LAST, PARTIAL
+from segframe.errors import ResumeError
+
+log = logging.getLogger("segframe")
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    path: Path        # the checkpoint
+    run_dir: Path     # the run it continues: logs, checkpoints and report go there
+    step: int         # optimizer steps completed; logs at this step and later are logged again
+
+
+def find_resume(resume: str | None, run_dir: Path, config: dict[str, Any]) -> ResumePoint | None:
+    """The checkpoint `resume=` asks for, checked before anything is built. `auto`: the run's own
+    `checkpoints/last.ckpt` when it exists (a requeued job), else None (start fresh). A PATH inside
+    `<run>/checkpoints/` continues `<run>`, wherever this command's own Hydra directory is. Settings in
+    `config` (this command's) that differ from the run's own are logged."""
+    if resume in (None, ""):
+        return None
+    if str(resume) == "auto":
+        path = run_dir / "checkpoints" / LAST
+        _clean(path.parent)
+        if not path.is_file():
+            log.info("resume=auto: no %s yet; starting a fresh run", path)
+            return None
+    else:
+        path = Path(str(resume)).expanduser().absolute()
+        if not path.is_file():
+            raise ResumeError(
+                f"resume={resume}: no such checkpoint. Pass the last.ckpt of the run to continue "
+                f"(resume=RUN/checkpoints/last.ckpt), or resume=auto with hydra.run.dir=RUN to continue RUN when it "
+                f"has a checkpoint and start fresh otherwise")
+    try:  # mmap: checks the file and reads the counters without loading every tensor
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # epochs whose training is done (a checkpoint from inside an epoch has not processed it yet)
+        epoch = int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+        step = int(ckpt["global_step"])
+    except Exception as exc:  # noqa: BLE001 (truncated, not a torch file, not a training checkpoint)
+        raise ResumeError(
+            f"resume={resume}: {path} cannot be resumed from ({type(exc).__name__}: {exc}). It is not a complete "
+            f"segframe training checkpoint; pass another one, or delete it to start the run afresh") from exc
+    owner = path.parent.parent if path.parent.name == "checkpoints" else run_dir
+    _clean(path.parent)
+    # checkpoints before `run_config` existed kept the run's config among the module's hyper-parameters
+    before = ckpt.get("run_config") or (ckpt.get("hyper_parameters") or {}).get("config") or {}
+    log.info("resuming %s from %s (%d epochs and %d optimizer steps done)", owner, path, epoch, step)
+    changed = config_changes(before, config)
+    if changed:
+        longer = any(c.startswith(("trainer.max_epochs", "trainer.max_steps")) for c in changed)
+        log.warning("resuming with settings that differ from the run's own: %s%s", "; ".join(changed),
+                    " (the LR schedule continues as the run set it up: past its old end a poly schedule stays at 0)"
+                    if longer else "")
+    return ResumePoint(path=path, run_dir=owner, step=step)
+
+
+def _clean(folder: Path) -> None:
+    """Delete the partial checkpoints a killed writer left in `folder` (nothing else writes there yet)."""
+    for path in sorted(folder.glob(f".*{PARTIAL}")) if folder.is_dir() else []:
+        path.unlink(missing_ok=True)
+        log.info("removed %s, left behind by a save that was killed", path)
+
+
+def config_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """`key: old -> new` for every setting that differs between the checkpoint's run and this one
+    (`resume` itself aside)."""
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix.rstrip("."): d}
+        return {k: v for key, value in d.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+
+    old, new = flat(before), flat(now)
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if k != "resume" and old.get(k) != new.get(k)]
+
+
+class _ContinuedCSV(ExperimentWriter):
+    """The CSV logger's writer for a resumed run. The stock writer deletes metrics.csv when its folder
+    is not empty; this one keeps the rows logged before the checkpoint's step and drops the later ones,
+    which the resumed run logs again."""
+
+    def __init__(self, log_dir: str, before_step: int):
+        self.before_step = before_step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if not path.is_file():
+            return
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            keys, rows = list(reader.fieldnames or []), list(reader)
+        kept = [r for r in rows if not r.get("step") or int(float(r["step"])) < self.before_step]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(kept)
+        write_text_atomic(path, text.getvalue())
+        self.metrics_keys = keys  # later rows append under the same header
+
+
+def continue_logs(loggers: list[Any], resume: ResumePoint) -> None:
+    """Make the run's loggers append to its existing logs: CSV rows and TensorBoard events at the
+    checkpoint's step or later are dropped (TensorBoard: purge_step), since the resumed run logs them again."""
+    for logger in loggers:
+        if isinstance(logger, CSVLogger):
+            if rank_zero_only.rank == 0:  # the CSV logger writes from rank 0 only
+                logger._experiment = _ContinuedCSV(logger.log_dir, resume.step)
+        elif isinstance(logger, TensorBoardLogger):
+            logger._kwargs["purge_step"] = resume.step  # passed on to its SummaryWriter
+        else:
+            log.info("%s: resumed runs start a new log there", type(logger).__name__)

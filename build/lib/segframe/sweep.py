@@ -1,0 +1,208 @@
+"""Sweeps (`python -m segframe.train -m ...`): which process layouts a sweep can run, and one
+table of every run's overrides and metrics when the sweep ends.
+
+A sweep runs its jobs in the sweeper's process (basic launcher), in worker processes (joblib),
+or as submitit jobs (SLURM, or local processes). A job that trains on several devices needs one
+process per device, and Lightning's own DDP launcher starts the extra ones by re-running this
+command line, `-m` included: every copy would then run the whole sweep. So inside a sweep the
+processes of a job must be started by the launcher (submitit: one task per device; Lightning
+reads SLURM's variables, and `export_submitit_local_ranks` gives it the local executor's), and
+the other layouts are refused before anything trains.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from segframe.cli import fail
+from segframe.errors import LaunchError
+from segframe.metric_names import SUMMARY_HEADERS, image_summary_keys, percent, summary_keys
+
+log = logging.getLogger(__name__)
+
+OPTUNA_RESULTS = "optimization_results.yaml"  # written by hydra-optuna-sweeper in the sweep dir
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def summarize(sweep_dir: str | Path, metric: str = "miou") -> list[dict[str, Any]]:
+    """Collect `<run>/metrics.json` + `<run>/.hydra/overrides.yaml`; write summary.{md,csv}; best marked."""
+    sweep_dir = Path(sweep_dir)
+    rows = []
+    columns = [*summary_keys(), *image_summary_keys()]  # dataset-level, then per image (medical convention)
+    runs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()]
+    for run in sorted(runs, key=lambda p: (int(p.name), "") if p.name.isdigit() else (1 << 30, p.name)):
+        overrides_file = run / ".hydra" / "overrides.yaml"
+        overrides = " ".join(OmegaConf.load(overrides_file)) if overrides_file.is_file() else ""
+        row: dict[str, Any] = {"run": run.name, "overrides": overrides, "status": "failed"}
+        if (run / "metrics.json").is_file():
+            m = json.loads((run / "metrics.json").read_text())
+            row.update({k: m.get(k) for k in columns}, status="ok")
+        rows.append(row)
+    scored = [r for r in rows if r.get(metric) is not None]
+    best = max(scored, key=lambda r: r[metric]) if scored else None
+    fields = ["run", "overrides", "status", *columns, "best"]
+    for r in rows:
+        r["best"] = "*" if r is best else ""
+    with open(sweep_dir / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| run | overrides | " + " | ".join(SUMMARY_HEADERS[k] for k in columns) + " | best |",
+             "| --- | --- | " + " | ".join("---:" for _ in columns) + " | :-: |"]
+    for r in rows:
+        cells = [percent(r.get(k)) for k in columns] if r["status"] == "ok" else ["failed"] + [""] * (len(columns) - 1)
+        lines.append(f"| {r['run']} | {r['overrides']} | " + " | ".join(cells) + f" | {r['best']} |")
+    if (sweep_dir / OPTUNA_RESULTS).is_file():
+        result = OmegaConf.to_container(OmegaConf.load(sweep_dir / OPTUNA_RESULTS))
+        if isinstance(result, dict) and "best_params" in result:
+            params = " ".join(f"{k}={v}" for k, v in result["best_params"].items())
+            lines += ["", f"Optuna best ({OPTUNA_RESULTS}): {params} -> {percent(result.get('best_value'))} mIoU %"]
+    (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    return rows
+
+
+class SweepSummary(Callback):
+    """Registered in conf/train.yaml (hydra.callbacks). Before the first job: refuse process layouts
+    that cannot work. After the last: write the summary table in the sweep dir."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_sweep(config)
+        except LaunchError as exc:
+            fail(str(exc))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if sweep_dir.is_dir():
+            summarize(sweep_dir)
+            log.info("sweep summary:\n%s", (sweep_dir / "summary.md").read_text())
+
+
+# --------------------------------------------------------------------------- process layouts
+
+
+def _one_of_several_processes() -> str | None:
+    """The launcher that started this process as one of several copies (torchrun, srun -n N), if any."""
+    env = os.environ
+    if "LOCAL_RANK" in env or int(env.get("WORLD_SIZE") or 1) > 1:
+        return "torchrun (or another launcher that sets LOCAL_RANK/WORLD_SIZE)"
+    if "SLURM_STEP_ID" in env and int(env.get("SLURM_STEP_NUM_TASKS") or 1) > 1:
+        return f"srun ({env['SLURM_STEP_NUM_TASKS']} tasks)"
+    return None
+
+
+def _alternatives(n: int) -> str:
+    return (f"For {n} devices per run inside a sweep, let the launcher start each run's {n} processes: on a SLURM "
+            f"cluster `python -m segframe.train -m hydra/launcher=slurm hydra.launcher.gpus_per_node={n} trainer=ddp "
+            f"...` (one task per GPU; Lightning reads the SLURM environment and starts no process itself); on one "
+            f"machine `python -m segframe.train -m hydra/launcher=submitit_local hydra.launcher.tasks_per_node={n} "
+            f"hydra.launcher.gpus_per_node={n} hydra.sweeper.max_batch_size=1 trainer=ddp trainer.devices={n} ...` "
+            f"(the runs one after another, each on {n} devices). Or leave out -m and start one training per command "
+            f"(trainer=ddp, torchrun and srun work there). Nothing was trained.")
+
+
+def check_sweep(config: DictConfig) -> None:
+    """Before the first job of a sweep (in the sweeper's process): refuse layouts that cannot work."""
+    launcher = _one_of_several_processes()
+    if launcher:
+        copies = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_STEP_NUM_TASKS") or 2)
+        raise LaunchError(
+            f"this sweep (-m) was started by {launcher} as one of several processes: each copy would run the "
+            f"whole sweep, in its own sweep directory and, with Optuna, on different trials. Start the sweep as one "
+            f"process. " + _alternatives(copies))
+    trainer_cfg = config.get("trainer")
+    if trainer_cfg is None:
+        return
+    target = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+    if "submitit" not in target:  # jobs run here (basic, joblib): this machine's devices are the jobs' devices
+        check_trainer(trainer_cfg, multirun=True)
+        return
+    devices = trainer_cfg.get("devices")
+    tasks = OmegaConf.select(config, "hydra.launcher.tasks_per_node", default=1)
+    gpus = OmegaConf.select(config, "hydra.launcher.gpus_per_node", default=None)
+    if isinstance(devices, int) and devices != tasks:
+        raise LaunchError(
+            f"trainer.devices={devices} but hydra.launcher.tasks_per_node={tasks}: with a submitit launcher every "
+            f"training process is a task, one per device, so the two must agree: e.g. trainer=ddp trainer.devices="
+            f"{tasks}, or hydra.launcher.tasks_per_node={devices}"
+            f"{f' hydra.launcher.gpus_per_node={devices}' if trainer_cfg.get('accelerator') != 'cpu' else ''}. "
+            f"Nothing was trained.")
+    if target.endswith("LocalLauncher") and not gpus and trainer_cfg.get("accelerator") != "cpu":
+        import torch
+
+        if torch.cuda.is_available():
+            n = devices if isinstance(devices, int) else tasks
+            raise LaunchError(
+                f"hydra/launcher=submitit_local gives each job CUDA_VISIBLE_DEVICES=0..gpus_per_node-1, so without "
+                f"hydra.launcher.gpus_per_node its jobs see no GPU. Set hydra.launcher.gpus_per_node={n} (every job "
+                f"that runs at the same time gets the same GPUs: add hydra.sweeper.max_batch_size=1 to run the jobs "
+                f"one after another), or trainer.accelerator=cpu. Nothing was trained.")
+
+
+def check_trainer(trainer_cfg: DictConfig, multirun: bool) -> None:
+    """Refuse, before any training, a trainer whose extra processes this command cannot start correctly.
+    Builds the Trainer Lightning would build (no loggers, callbacks or model) and looks at its launcher."""
+    from pytorch_lightning.strategies.launchers import _MultiProcessingLauncher, _SubprocessScriptLauncher
+
+    trainer = _probe_trainer(trainer_cfg)
+    if trainer is None:
+        return
+    strategy = trainer.strategy
+    launcher = getattr(strategy, "launcher", None)
+    processes = int(getattr(strategy, "num_processes", 1)) * int(getattr(strategy, "num_nodes", 1))
+    name = trainer_cfg.get("strategy", "auto")
+    if isinstance(launcher, _MultiProcessingLauncher) and processes > 1:
+        raise LaunchError(
+            f"trainer.strategy={name} trains in {processes} spawned processes and the confusion matrix of the final "
+            f"evaluation stays in them, so the run could not write its report. For a single run use trainer=ddp "
+            f"(strategy ddp: one process per device, started by Lightning, torchrun or srun). "
+            + (_alternatives(processes) if multirun else "Nothing was trained."))
+    if (multirun and isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1
+            and not strategy.cluster_environment.creates_processes_externally):
+        raise LaunchError(
+            f"trainer.strategy={name} with {launcher.num_processes} devices inside a multirun sweep (-m): Lightning "
+            f"starts the other {launcher.num_processes - 1} process(es) by re-running this command line, -m included, "
+            f"so every process would run the whole sweep (duplicate runs, a second sweep directory, a wrong summary; "
+            f"with joblib or Optuna the copies would not even train the same runs). "
+            + _alternatives(launcher.num_processes))
+
+
+def _probe_trainer(trainer_cfg: DictConfig) -> Any:
+    """The Trainer `trainer_cfg` gives, quietly; None when it cannot be built (the real one will say why)."""
+    from hydra.utils import instantiate
+
+    quiet = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return instantiate(trainer_cfg, logger=False, callbacks=[], enable_checkpointing=False,
+                               enable_progress_bar=False, enable_model_summary=False)
+    except Exception:  # noqa: BLE001 (a misconfigured trainer fails again, with Lightning's message, in train)
+        return None
+    finally:
+        quiet.setLevel(level)
+
+
+def export_submitit_local_ranks() -> None:
+    """submitit's local executor starts `tasks_per_node` processes per job and describes them in
+    SUBMITIT_LOCAL_* variables, which Lightning does not read (it reads SLURM's). Export the
+    torch.distributed ones so that Lightning takes the tasks as the job's processes and starts none."""
+    env = os.environ
+    if env.get("SUBMITIT_EXECUTOR") != "local" or int(env.get("SUBMITIT_LOCAL_NTASKS") or 1) < 2 or "LOCAL_RANK" in env:
+        return
+    job = int(env.get("SUBMITIT_LOCAL_JOB_ID") or 0)  # the job's controller pid, shared by its tasks
+    env.update(LOCAL_RANK=env["SUBMITIT_LOCAL_LOCALID"], NODE_RANK="0", WORLD_SIZE=env["SUBMITIT_LOCAL_NTASKS"],
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=env.get("MASTER_PORT") or str(20000 + job % 10000))  # below the ephemeral ports

@@ -1,0 +1,88 @@
+"""What `python -m segframe.train` does: fit (or continue a resumed run), evaluate the best
+checkpoint on `eval.split`, write the report. Reads the composed config and hands every
+component its own config node."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from segframe import components
+from segframe.checkpointing import LAST, Requeued, RunConfig, resumable
+from segframe.config import ConfigError, check_keys, plain
+from segframe.data.manifest import split_info
+from segframe.data.preparation import check_labelled, ensure_converted
+from segframe.model_card import write_model_card
+from segframe.module import SegModule
+from segframe.report import finish_run, predict_examples
+from segframe.resume import continue_logs, find_resume
+
+log = logging.getLogger("segframe")
+
+
+def train(cfg: DictConfig, run_dir: Path) -> float:
+    """Fit, evaluate the best checkpoint on `eval.split`, write the report. Returns its mIoU.
+    With `resume=`, the run continues where its checkpoint left it, in that run's own directory."""
+    check_keys(cfg, "train")
+    if cfg.get("parent_experiment") and not cfg.model.get("init_from"):
+        raise ConfigError(
+            f"this experiment is a stage after {cfg.parent_experiment!r}: pass model.init_from=<its checkpoint>, or "
+            f"let `python -m segframe.reproduce experiment=<this experiment>` train the stages in order"
+        )
+    config = plain(cfg)
+    resume = find_resume(cfg.resume, run_dir, config)
+    run_dir = resume.run_dir if resume is not None else run_dir
+    pl.seed_everything(cfg.seed, workers=True)
+    check_labelled(cfg.data, ensure_converted(cfg.data), cfg.datamodule.train_split)
+    dm = components.datamodule(cfg.data, cfg.datamodule, instantiate(cfg.augmentation.train),
+                               instantiate(cfg.augmentation.eval))
+    module = SegModule(
+        model=instantiate(cfg.model), optimizer=instantiate(cfg.optimizer),
+        loss=instantiate(cfg.loss) if cfg.get("loss") else None,  # conf/loss: a factory, None: cross entropy
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        classes=dm.classes, palette=dm.palette, **plain(cfg.module),
+        class_pixels=split_info(dm.manifest, dm.train_split, dm.shard_dir)["class_pixels"],  # for class_weighting
+        inference=components.inference_options(cfg.eval),
+        model_config=plain(cfg.model), data_config=plain(cfg.data),
+    )
+    ckpt_dir = run_dir / "checkpoints"
+    best_cb, callbacks, plugins = resumable(ckpt_dir, cfg.seed, **plain(cfg.checkpoint))
+    loggers = [instantiate(c, save_dir=str(run_dir)) for c in cfg.logger.values()]
+    if resume is not None:
+        continue_logs(loggers, resume)
+    callbacks += [RunConfig(config), *components.callbacks(cfg.get("callbacks"), logging=bool(loggers))]
+    trainer = components.trainer(cfg.trainer, run_dir, callbacks, loggers or False, plugins)
+    start = time.time()
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume.path) if resume else None)
+    except Requeued as exc:  # SLURM will start this same command again; resume=auto picks it up
+        log.warning("%s; stopping here", exc)
+        return float("nan")
+    fit_seconds = time.time() - start
+    best = best_cb.best_model_path or str(ckpt_dir / LAST)
+    split = cfg.eval.split
+    log.info("evaluating %s on split %s", best, split)
+    trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
+    if not trainer.is_global_zero:
+        return float("nan")
+    examples = predict_examples(module, dm.eval_dataloader(split), cfg.report.num_images) \
+        if cfg.report.num_images > 0 else None
+    # this session's steps only: a resumed run's earlier steps took their time in another process
+    images = (trainer.global_step - (resume.step if resume else 0)) * trainer.accumulate_grad_batches \
+        * int(cfg.datamodule.batch_size) * trainer.world_size
+    info = {"dataset": dm.manifest["name"], "split": split, "checkpoint": str(best),
+            "num_samples": dm.manifest["splits"][split]["num_samples"], "inference": module.inference,
+            "fit_seconds": round(fit_seconds, 1), "epochs": trainer.current_epoch, "steps": trainer.global_step,
+            "resumed_from": str(resume.path) if resume else None,
+            "train_images_per_s": round(images / max(fit_seconds, 1e-9), 2),
+            **components.model_size(module.model, cfg.data.crop_size)}
+    metrics = finish_run(run_dir, cfg, module.last_confmat["test"], module.last_image_scores.get("test"), dm.classes,
+                         dm.palette, info, examples)
+    write_model_card(run_dir, config, metrics, dm.manifest, dm.train_split, trainer.strategy.root_device.type,
+                     trainer.world_size)
+    return float(metrics["miou"] or 0.0)
