@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import LearningRateMonitor
 
-from segframe import crf
+from segframe import crf, speed
 from segframe.commands import convert_command
 from segframe.config import ConfigError, plain
 from segframe.data.manifest import MANIFEST
@@ -34,10 +34,19 @@ def datamodule(data: DictConfig, dm_cfg: DictConfig, train_transform: Any, eval_
     return dm
 
 
+def speed_choice(trainer_cfg: DictConfig, channels_last: Any = False) -> speed.Choice:
+    """trainer.precision and module.channels_last with `auto` resolved for the device the trainer
+    will use (segframe.speed); an explicit value wins."""
+    return speed.resolve(trainer_cfg.precision, channels_last, speed.device_type(trainer_cfg.get("accelerator")))
+
+
 def trainer(trainer_cfg: DictConfig, run_dir: Path, callbacks: list, loggers: list | bool,
-            plugins: list | None = None) -> Any:
+            plugins: list | None = None, precision: str | None = None) -> Any:
+    """The Lightning Trainer of `trainer_cfg`, at `precision` when given (the run's speed choice),
+    else at the config's, with `auto` resolved."""
+    precision = precision or speed_choice(trainer_cfg).precision
     return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir),
-                       **({"plugins": plugins} if plugins else {}))
+                       precision=precision, **({"plugins": plugins} if plugins else {}))
 
 
 def callbacks(callbacks_cfg: DictConfig | None, logging: bool) -> list[Any]:

@@ -39,13 +39,14 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     run_dir = resume.run_dir if resume is not None else run_dir
     pl.seed_everything(cfg.seed, workers=True)
     check_labelled(cfg.data, ensure_converted(cfg.data), cfg.datamodule.train_split)
+    knobs = components.speed_choice(cfg.trainer, cfg.module.channels_last)
     dm = components.datamodule(cfg.data, cfg.datamodule, instantiate(cfg.augmentation.train),
                                instantiate(cfg.augmentation.eval))
     module = SegModule(
         model=instantiate(cfg.model), optimizer=instantiate(cfg.optimizer),
         loss=instantiate(cfg.loss) if cfg.get("loss") else None,  # conf/loss: a factory, None: cross entropy
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        classes=dm.classes, palette=dm.palette, **plain(cfg.module),
+        classes=dm.classes, palette=dm.palette, **{**plain(cfg.module), "channels_last": knobs.channels_last},
         class_pixels=split_info(dm.manifest, dm.train_split, dm.shard_dir)["class_pixels"],  # for class_weighting
         inference=components.inference_options(cfg.eval),
         model_config=plain(cfg.model), data_config=plain(cfg.data),
@@ -56,7 +57,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     if resume is not None:
         continue_logs(loggers, resume)
     callbacks += [RunConfig(config), *components.callbacks(cfg.get("callbacks"), logging=bool(loggers))]
-    trainer = components.trainer(cfg.trainer, run_dir, callbacks, loggers or False, plugins)
+    trainer = components.trainer(cfg.trainer, run_dir, callbacks, loggers or False, plugins, knobs.precision)
     start = time.time()
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(resume.path) if resume else None)
@@ -79,7 +80,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             "num_samples": dm.manifest["splits"][split]["num_samples"], "inference": module.inference,
             "fit_seconds": round(fit_seconds, 1), "epochs": trainer.current_epoch, "steps": trainer.global_step,
             "resumed_from": str(resume.path) if resume else None,
-            "train_images_per_s": round(images / max(fit_seconds, 1e-9), 2),
+            "train_images_per_s": round(images / max(fit_seconds, 1e-9), 2), "speed_knobs": knobs.record(),
             **components.model_size(module.model, cfg.data.crop_size)}
     metrics = finish_run(run_dir, cfg, module.last_confmat["test"], module.last_image_scores.get("test"), dm.classes,
                          dm.palette, info, examples)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from segframe.bench import common, loader, memory, step
+from segframe.bench import common, knobs, loader, memory, step
 from segframe.bench.evaluation import bench_eval
 
 CPU = torch.device("cpu")
@@ -32,7 +32,7 @@ def test_step_flops_positive_and_scale_with_pixels():
 
 
 def test_knob_rows_well_formed_and_cuda_knobs_skipped_on_cpu():
-    rows = step.bench_knobs(["resnet18"], ["channels_last", "fp16", "cudnn_benchmark"], 2, 64, CPU, {"fp32": 100.0},
+    rows = knobs.bench_knobs(["resnet18"], ["channels_last", "fp16", "cudnn_benchmark"], 2, 64, CPU, {"fp32": 100.0},
                             max_steps=1, min_steps=1, budget_s=0, max_slowdown=0)
     by_knob = {r.knob: r for r in rows}
     assert list(by_knob) == ["baseline", "channels_last", "fp16", "cudnn_benchmark"]
@@ -43,7 +43,7 @@ def test_knob_rows_well_formed_and_cuda_knobs_skipped_on_cpu():
     assert by_knob["baseline"].speedup == pytest.approx(1.0)
     for knob in ("fp16", "cudnn_benchmark"):
         assert by_knob[knob].status == "skipped" and "CUDA" in by_knob[knob].reason
-    text = step.report(rows, {"fp32": {"dtype": "fp32", "gflops": 100.0, "size": 2048}})
+    text = knobs.report(rows, {"fp32": {"dtype": "fp32", "gflops": 100.0, "size": 2048}})
     assert "cudnn_benchmark skipped: " in text and "% of peak" in text
 
 
@@ -56,14 +56,14 @@ def test_compile_without_compiler_is_skipped_and_a_failing_knob_is_reported(monk
 
     monkeypatch.setattr(step, "skip_reason", lambda knob, device: None)
     monkeypatch.setattr(torch, "compile", broken)
-    rows = step.bench_knobs(["resnet18"], ["compile"], 2, 64, CPU, {}, max_steps=1, min_steps=1, budget_s=0)
+    rows = knobs.bench_knobs(["resnet18"], ["compile"], 2, 64, CPU, {}, max_steps=1, min_steps=1, budget_s=0)
     assert rows[1].status == "failed" and rows[1].reason == "RuntimeError: inductor exploded"
     assert math.isnan(rows[0].pct_peak)  # no peak given: no percentage
 
 
 def test_slow_knob_is_skipped_with_the_probe_figures(monkeypatch):
     monkeypatch.setattr(step, "probe_slowdown", lambda *a, **k: (10.0, 1.0))
-    rows = step.bench_knobs(["resnet18"], ["bf16"], 2, 64, CPU, {}, max_steps=1, min_steps=1, budget_s=0)
+    rows = knobs.bench_knobs(["resnet18"], ["bf16"], 2, 64, CPU, {}, max_steps=1, min_steps=1, budget_s=0)
     assert rows[1].status == "skipped" and "10.0x the baseline" in rows[1].reason
 
 

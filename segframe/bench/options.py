@@ -7,8 +7,12 @@
   memory      peak RSS of a few training steps per model; loader RSS growth over N, 4N, 16N samples
   eval        confusion-matrix update (argmax + bincount) as a fraction of the eval forward pass
   step        SegModule under pl.Trainer vs a bare PyTorch loop (Lightning overhead)
-  knobs       FCN-8s train step per model: ms/step, img/s, GFLOP/s, % of matmul peak, one knob at a time
-              (channels_last, bf16, fp16, compile, cudnn_benchmark); on CUDA also VGG16 at 512x512 bf16
+  knobs       FCN-8s train step per model: ms/step, img/s, GFLOP/s, % of matmul peak per setting, a knob or a
+              combination (channels_last, bf16, channels_last+bf16, fp16, compile, cudnn_benchmark), in
+              interleaved rounds; what `auto` picks here; on CUDA also VGG16 at 512x512 bf16 + channels_last
+              and the loader workers it needs
+  epoch       whole training epochs at a real crop (SegDataModule + SegModule + Lightning, loader workers
+              included): fp32 NCHW vs the auto choice vs channels_last+bf16, img/s
   checkpoint  ms per checkpoint save per model (weights + SGD momentum): atomic write vs Lightning's writer
 
 Timings are printed, never asserted; each figure says how many steps / samples it is from.
@@ -21,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 
-PARTS = ("convert", "loader", "files", "dataloader", "memory", "eval", "step", "knobs", "checkpoint", "infer")
+PARTS = ("convert", "loader", "files", "dataloader", "memory", "eval", "step", "knobs", "epoch", "checkpoint",
+         "infer")
 QUICK = dict(size=64, batch=2, steps=2, min_steps=1, budget=2.0, overhead_steps=2, repeats=1, seconds=1.0, crop=128,
              files_images=48, dl_epochs=2, dl_batches=3, eval_size="64", eval_reps=1, memory_steps=1,
              memory_samples=16, convert_images=64, gpu_size=128, checkpoint_repeats=1, infer_size="64",
-             infer_reps=1, infer_models="fcn8s_resnet18")
+             infer_reps=1, infer_models="fcn8s_resnet18", epoch_crop=64, epoch_batch=2, epoch_steps=2,
+             epoch_workers=0, epoch_repeats=1)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,7 +47,9 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("knobs (train step); --batch and --size also size the memory part's training steps")
     g.add_argument("--batch", type=int, default=8)
     g.add_argument("--size", type=int, default=320, help="square input size")
-    g.add_argument("--knobs", default="channels_last,bf16,fp16,compile,cudnn_benchmark")
+    g.add_argument("--knobs", default="channels_last,bf16,channels_last+bf16,fp16,compile,cudnn_benchmark",
+                   help="settings to compare with the baseline: knobs, or several joined by + (channels_last+bf16)")
+    g.add_argument("--rounds", type=int, default=3, help="interleaved rounds the timed steps are spread over")
     g.add_argument("--steps", type=int, default=20, help="most timed steps per figure")
     g.add_argument("--min-steps", type=int, default=2, help="fewest timed steps per figure")
     g.add_argument("--budget", type=float, default=20.0, help="seconds of timed steps per figure (sets the count)")
@@ -54,6 +62,13 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--gpu-figures", action=argparse.BooleanOptionalAction, default=None,
                    help="also FCN-8s VGG16 img/s at --gpu-size bf16 (default: on with CUDA)")
     g.add_argument("--gpu-size", type=int, default=512)
+    g = p.add_argument_group("epoch (whole Lightning epochs on the generated VOC-like shards)")
+    g.add_argument("--epoch-model", default="resnet18", help="FCN-8s backbone")
+    g.add_argument("--epoch-crop", type=int, default=320, help="training crop (default augmentation)")
+    g.add_argument("--epoch-batch", type=int, default=8)
+    g.add_argument("--epoch-steps", type=int, default=25, help="batches per epoch (<= --files-images / batch)")
+    g.add_argument("--epoch-workers", type=int, default=2, help="loader processes")
+    g.add_argument("--epoch-repeats", type=int, default=2, help="fits per setting, the settings alternating")
     g = p.add_argument_group("step (Lightning overhead)")
     g.add_argument("--overhead-backbone", default="resnet18")
     g.add_argument("--overhead-size", type=int, default=96)

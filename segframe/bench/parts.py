@@ -5,6 +5,7 @@ dependencies (Lightning, the converters, albumentations)."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -121,35 +122,75 @@ def checkpoint(args: argparse.Namespace, tmp: Path) -> str:
 
 
 def knobs(args: argparse.Namespace, tmp: Path) -> str:
-    from segframe.bench.step import bench_knobs, make_batch, measure, report, skip_reason
+    from segframe import speed
+    from segframe.bench.knobs import bench_knobs, report
+    from segframe.bench.step import AUTOCAST, knob_parts, skip_reason
 
     device, knob_names = args.device, names(args.knobs)
     peak_size = args.peak_size or (8192 if device.type == "cuda" else 2048)
     dtypes = {"fp32": torch.float32}
-    for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
-        if name in knob_names and skip_reason(name, device) is None:
-            dtypes[name] = dtype
+    for name in sorted({p for k in knob_names for p in knob_parts(k) if p in AUTOCAST}):
+        if skip_reason(name, device) is None:
+            dtypes[name] = AUTOCAST[name]
     peaks = {name: matmul_peak(device, dtype, peak_size) for name, dtype in dtypes.items()}
     rows = bench_knobs(names(args.models), knob_names, args.batch, args.size, device,
                        {k: v["gflops"] for k, v in peaks.items()}, stride=args.stride, warmup=args.warmup,
                        max_steps=args.steps, min_steps=args.min_steps, budget_s=args.budget,
-                       max_slowdown=args.max_slowdown, log=_progress)
-    text = (f"FCN-{args.stride}s, batch {args.batch}, {args.size}x{args.size}, random init, SGD momentum; each knob "
-            f"alone vs the baseline (fp32, NCHW, eager, cudnn.benchmark off); ms/step = median of the timed steps "
-            f"after {args.warmup} warm-up step(s); GFLOP/s = the baseline step's FlopCounterMode count / time; "
-            f"compile = first step - median step, {'inductor cache as found' if args.compile_cache else 'cold cache'}\n"
-            + report(rows, peaks))
+                       max_slowdown=args.max_slowdown, rounds=args.rounds, log=_progress)
+    auto = speed.capability(device.type)
+    text = (f"FCN-{args.stride}s, batch {args.batch}, {args.size}x{args.size}, random init, SGD momentum; each setting "
+            f"(one knob, or several joined by +) vs the baseline (fp32, NCHW, eager, cudnn.benchmark off), all timed "
+            f"in up to {args.rounds} interleaved rounds after {args.warmup} warm-up step(s); ms/step = median of all timed "
+            f"steps; per round = the speed-up's min-max over the rounds; GFLOP/s = the baseline step's "
+            f"FlopCounterMode count / time; compile = first step - median step, "
+            f"{'inductor cache as found' if args.compile_cache else 'cold cache'}\n" + report(rows, peaks) +
+            f"\nauto (trainer.precision=auto module.channels_last=auto) picks here: precision {auto.precision}, "
+            f"channels_last {auto.channels_last} ({auto.reason})")
     if args.gpu_figures or (args.gpu_figures is None and device.type == "cuda"):
-        reason = skip_reason("bf16", device)
-        if reason:
-            text += f"\nFCN-{args.stride}s vgg16 {args.gpu_size}x{args.gpu_size} bf16: skipped ({reason})"
-        else:
-            images, masks = make_batch(args.batch, args.gpu_size, 21, device)
-            row = measure("vgg16", "bf16", images, masks, device, stride=args.stride, warmup=args.warmup,
-                          max_steps=args.steps, min_steps=args.min_steps, budget_s=args.budget)
-            text += (f"\nFCN-{args.stride}s vgg16 {args.gpu_size}x{args.gpu_size} bf16 autocast, batch {args.batch}: "
-                     f"{row.img_s:.1f} img/s ({row.ms:.1f} ms/step, median of {row.steps} steps)")
+        text += "\n" + _gpu_figure(args, tmp, device)
     return text
+
+
+def _gpu_figure(args: argparse.Namespace, tmp: Path, device: torch.device) -> str:
+    """FCN-8s VGG16 at --gpu-size, bf16 + channels_last (auto's choice on a bf16 GPU): img/s, and the
+    loader processes it takes to feed that (one process's decode + default augmentation rate at that
+    crop, on the generated VOC-like shards)."""
+    from segframe.bench.loader import bench_loader
+    from segframe.bench.step import make_batch, measure, skip_reason
+
+    setting, size = "channels_last+bf16", args.gpu_size
+    reason = skip_reason(setting, device)
+    if reason:
+        return f"FCN-{args.stride}s vgg16 {size}x{size} {setting}: skipped ({reason})"
+    images, masks = make_batch(args.batch, size, 21, device)
+    row = measure("vgg16", setting, images, masks, device, stride=args.stride, warmup=args.warmup,
+                  max_steps=args.steps, min_steps=args.min_steps, budget_s=args.budget)
+    shard_dir, _ = _voc_like(args, tmp)
+    (_, _, per_process, _), = [r for r in bench_loader(shard_dir, size, args.batch, [0], args.seconds)
+                               if r[0] == "decode+augment"]
+    workers = math.ceil(row.img_s / max(per_process, 1e-9))
+    return (f"FCN-{args.stride}s vgg16 {size}x{size} {setting}, batch {args.batch}: {row.img_s:.1f} img/s "
+            f"({row.ms:.1f} ms/step, median of {row.steps} steps); one loader process decodes + augments "
+            f"{per_process:.1f} samples/s at crop {size} (500x375 VOC-like JPEGs), so feeding it takes "
+            f"datamodule.num_workers >= {workers}")
+
+
+def epoch(args: argparse.Namespace, tmp: Path) -> str:
+    from segframe import speed
+    from segframe.bench.epoch import bench_epoch, report, settings
+
+    shard_dir, items = _voc_like(args, tmp)
+    steps = min(args.epoch_steps, len(items) // args.epoch_batch)
+    auto = speed.capability(args.device.type)
+    runs = settings(auto.precision, auto.channels_last)
+    _progress(f"epoch: {len(runs)} settings x {args.epoch_repeats} repeats of {steps} steps")
+    rows = bench_epoch(shard_dir, "all", args.epoch_model, args.epoch_crop, args.epoch_batch, args.epoch_workers,
+                       steps, args.device, runs, args.epoch_repeats)
+    return (f"one training epoch of {steps} batches of {args.epoch_batch}: FCN-8s {args.epoch_model}, crop "
+            f"{args.epoch_crop} (augmentation=default) from {len(items)} generated 500x375 VOC-like JPEG shards, "
+            f"{args.epoch_workers} loader workers, SGD momentum, Lightning, no validation; img/s from the median "
+            f"fit wall time (start-up included); auto picks precision {auto.precision}, channels_last "
+            f"{auto.channels_last} ({auto.reason})\n" + report(rows))
 
 
 def infer(args: argparse.Namespace, tmp: Path) -> str:
@@ -161,4 +202,4 @@ def infer(args: argparse.Namespace, tmp: Path) -> str:
 
 
 RUN = {"convert": convert, "loader": loader, "files": files, "dataloader": dataloader, "memory": memory,
-       "eval": evaluation, "step": step, "knobs": knobs, "checkpoint": checkpoint, "infer": infer}
+       "eval": evaluation, "step": step, "knobs": knobs, "epoch": epoch, "checkpoint": checkpoint, "infer": infer}

@@ -1,6 +1,6 @@
-"""Train-step speed knobs: one FCN training step (uint8 batch -> float, forward, cross-entropy,
-backward, SGD with momentum) per model, with each knob switched on alone against the same
-baseline (fp32, contiguous NCHW, eager, cudnn.benchmark off).
+"""One FCN training step (uint8 batch -> float, forward, cross-entropy, backward, SGD with
+momentum) with speed knobs on: one knob, or several joined by "+" (channels_last+bf16), against
+the baseline (fp32, contiguous NCHW, eager, cudnn.benchmark off). bench/knobs.py tables them.
 
 Achieved GFLOP/s = FLOPs of one forward + backward (counted by torch.utils.flop_counter on the
 baseline's first warm-up step; every knob does the same arithmetic) / median step time; "% of
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from segframe.bench.common import fmt, median, table, timed
+from segframe.bench.common import median, timed
 from segframe.data.sample import IGNORE_INDEX
 from segframe.models.fcn import FCN
 from segframe.models.base import to_input
@@ -47,6 +47,7 @@ class StepRow:
     first_s: float = math.nan  # first step (compile included)
     compile_s: float = math.nan  # first step - median step, for torch.compile
     flops: float = math.nan  # of one step
+    spread: tuple[float, float] | None = None  # speed-up min, max over the interleaved rounds
 
 
 def make_batch(batch: int, size: int, classes: int, device: torch.device,
@@ -67,8 +68,18 @@ def compiler() -> str | None:
     return shutil.which(cxx)
 
 
+def knob_parts(knob: str) -> list[str]:
+    """The single knobs of a setting: "channels_last+bf16" -> ["channels_last", "bf16"]; "baseline" -> []."""
+    return [p.strip() for p in knob.split("+") if p.strip() and p.strip() != "baseline"]
+
+
 def skip_reason(knob: str, device: torch.device) -> str | None:
-    """Why `knob` cannot be measured on `device`, or None when it can."""
+    """Why `knob` (one knob, or several joined by "+") cannot be measured on `device`, or None when it can."""
+    parts = knob_parts(knob)
+    if len(parts) > 1:
+        if len(set(parts) & set(AUTOCAST)) > 1:
+            return "bf16 and fp16 autocast exclude each other"
+        return next((f"{p}: {r}" for p in parts if (r := skip_reason(p, device)) is not None), None)
     cuda = device.type == "cuda"
     if knob == "fp16" and not cuda:
         return "fp16 autocast is a CUDA knob (CPU autocast runs bf16; CPU fp16 convs are no fast path)"
@@ -97,14 +108,15 @@ def train_step(model: torch.nn.Module, device: torch.device,
     """A closure doing one training step of `model` (moved to `device`) with `knob` on: the loop
     one would write by hand (uint8 -> float as SegModule does, forward, cross-entropy, backward,
     SGD with momentum). The knobs, memory and Lightning-overhead figures all time this step."""
+    parts = knob_parts(knob)
     model = model.to(device)
-    channels_last = knob == "channels_last"
+    channels_last = "channels_last" in parts
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    forward = torch.compile(model) if knob == "compile" else model
-    dtype = AUTOCAST.get(knob)
-    scaler = torch.amp.GradScaler("cuda") if knob == "fp16" else None
+    forward = torch.compile(model) if "compile" in parts else model
+    dtype = next((AUTOCAST[p] for p in parts if p in AUTOCAST), None)
+    scaler = torch.amp.GradScaler("cuda") if "fp16" in parts else None
 
     def step(images: torch.Tensor, masks: torch.Tensor) -> None:
         x = to_input(images)
@@ -142,7 +154,7 @@ def step_flops(step: Callable, images: torch.Tensor, masks: torch.Tensor) -> int
 
 
 @contextlib.contextmanager
-def _cudnn_benchmark(on: bool):
+def cudnn_benchmark(on: bool):
     old = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = on
     try:
@@ -158,10 +170,10 @@ def measure(backbone: str, knob: str, images: torch.Tensor, masks: torch.Tensor,
     then as many timed steps as fit in `budget_s` judging by the last warm-up step, clamped to
     [min_steps, max_steps]. With `count_flops` the first warm-up step runs under FlopCounterMode."""
     row = StepRow(backbone, knob, batch=images.shape[0], size=images.shape[-1])
-    with _cudnn_benchmark(knob == "cudnn_benchmark"):
+    with cudnn_benchmark("cudnn_benchmark" in knob_parts(knob)):
         step = build_step(backbone, knob, device, classes, stride)
         warm: list[float] = []
-        for i in range(max(1, warmup) + (knob == "compile")):
+        for i in range(max(1, warmup) + ("compile" in knob_parts(knob))):
             if i == 0 and count_flops:
                 counted: list[int] = []
                 warm.append(timed(lambda: counted.append(step_flops(step, images, masks)), device))
@@ -173,7 +185,7 @@ def measure(backbone: str, knob: str, images: torch.Tensor, masks: torch.Tensor,
     row.steps, row.first_s = n, warm[0]
     seconds = median(times)
     row.ms, row.img_s = 1000 * seconds, row.batch / seconds
-    if knob == "compile":
+    if "compile" in knob_parts(knob):
         row.compile_s = max(0.0, warm[0] - seconds)
     return row
 
@@ -192,74 +204,3 @@ def probe_slowdown(backbone: str, knob: str, device: torch.device, size: int, cl
             if i:
                 times[k].append(t)
     return min(times[knob]), min(times["baseline"])
-
-
-def bench_knobs(backbones: list[str], knobs: list[str], batch: int, size: int, device: torch.device,
-                peaks: dict[str, float], *, classes: int = 21, stride: int = 8, warmup: int = 1,
-                max_steps: int = 20, min_steps: int = 2, budget_s: float = 20.0, max_slowdown: float = 3.0,
-                log: Callable[[str], None] = lambda s: None) -> list[StepRow]:
-    """For each backbone: the baseline, then each knob alone; skipped knobs get a reason.
-    `peaks` maps "fp32"/"bf16"/"fp16" to matmul GFLOP/s for "% of peak" (missing: not printed).
-    An autocast knob (bf16, fp16) whose batch-2 probe at size/4 (>= 64 px) is more than `max_slowdown` times
-    the baseline's is skipped with the probe's figures (0: measure whatever it costs)."""
-    images, masks = make_batch(batch, size, classes, device)
-    rows: list[StepRow] = []
-    for backbone in backbones:
-        base = measure(backbone, "baseline", images, masks, device, classes=classes, stride=stride, warmup=warmup,
-                       max_steps=max_steps, min_steps=min_steps, budget_s=budget_s, count_flops=True)
-        log(f"{backbone} baseline: {base.ms:.0f} ms/step over {base.steps} steps, "
-            f"{base.flops / 1e9:.0f} GFLOP per step")
-        rows.append(base)
-        for knob in knobs:
-            reason = skip_reason(knob, device)
-            if reason is None and knob in AUTOCAST and max_slowdown > 0:
-                probe_size = max(64, size // 4)
-                slow, fast = probe_slowdown(backbone, knob, device, probe_size, classes, stride)
-                if slow > max_slowdown * fast:
-                    reason = (f"{slow / fast:.1f}x the baseline's step time in a batch-2 {probe_size}px probe "
-                              f"(limit --max-slowdown {max_slowdown:g}): about {slow / fast * base.ms / 1000:.0f} s "
-                              "per step here")
-            if reason is not None:
-                rows.append(StepRow(backbone, knob, batch, size, status="skipped", reason=reason))
-                log(f"{backbone} {knob}: skipped ({reason})")
-                continue
-            try:
-                row = measure(backbone, knob, images, masks, device, classes=classes, stride=stride, warmup=warmup,
-                              max_steps=max_steps, min_steps=min_steps, budget_s=budget_s)
-            except Exception as exc:  # e.g. inductor failing to build: report, do not crash the run
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                rows.append(StepRow(backbone, knob, batch, size, status="failed",
-                                    reason=f"{type(exc).__name__}: {message}"[:200]))
-                log(f"{backbone} {knob}: failed ({rows[-1].reason})")
-                continue
-            rows.append(row)
-            log(f"{backbone} {knob}: {row.ms:.0f} ms/step over {row.steps} steps")
-        for row in rows:
-            if row.model == backbone and row.status == "ok":
-                row.flops = base.flops
-                row.speedup = base.ms / row.ms
-                row.gflop_s = base.flops / 1e9 / (row.ms / 1000)
-                peak = peaks.get({"bf16": "bf16", "fp16": "fp16"}.get(row.knob, "fp32"))
-                if peak:
-                    row.pct_peak = 100 * row.gflop_s / peak
-    return rows
-
-
-def report(rows: list[StepRow], peaks: dict[str, dict]) -> str:
-    """The knob table, then skipped knobs with their reasons."""
-    lines = ["matmul peak (square, same device): " + ", ".join(
-        f"{p['dtype']} {p['gflops']:.1f} GFLOP/s at {p['size']}" for p in peaks.values())]
-    body = []
-    for r in rows:
-        if r.status != "ok":
-            body.append([r.model, r.knob, r.status, "-", "-", "-", "-", "-", "-", "-"])
-            continue
-        note = f"compile {r.compile_s:.0f} s (first step {r.first_s:.1f} s)" if r.knob == "compile" else ""
-        body.append([r.model, r.knob, str(r.steps), fmt(r.ms), fmt(r.img_s, 2), fmt(r.gflop_s), fmt(r.pct_peak),
-                     fmt(r.speedup, 2), fmt(r.flops / 1e9, 1), note])
-    lines.append(table(["model", "knob", "steps", "ms/step", "img/s", "GFLOP/s", "% of peak", "speed-up",
-                        "GFLOP/step", "note"], body))
-    for r in rows:
-        if r.status != "ok":
-            lines.append(f"  {r.model} {r.knob} {r.status}: {r.reason}")
-    return "\n".join(lines)

@@ -52,8 +52,10 @@ def tiny(*changes: str, drop: Iterable[str] = (), base: list[str] | None = None)
 
 
 # A few steps of a small FCN on a small `shapes` dataset (16 train, 6 val images of 48x48), converted
-# on first use; 16 / 4 gives 4 steps an epoch and no batch of 1.
+# on first use; 16 / 4 gives 4 steps an epoch and no batch of 1. fp32 NCHW, not the `auto` speed
+# knobs: the same arithmetic on every machine (tests/test_speed.py tests auto).
 TINY = [
+    "trainer.precision=32-true", "module.channels_last=false",
     "model.backbone=resnet18", "model.pretrained=false", "data.source.num_train=16", "data.source.num_val=6",
     "data.source.size=48", "data.crop_size=48", "data.shard_size=8", "datamodule.batch_size=4",
     "datamodule.eval_batch_size=4", "datamodule.num_workers=0", "optimizer=adamw", "optimizer.lr=0.003",

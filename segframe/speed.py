@@ -1,0 +1,202 @@
+"""`trainer.precision=auto` and `module.channels_last=auto`: the speed knobs chosen from what the
+device can do, since defaults measured on one CPU are wrong on the next (README "Performance").
+
+Two settings are candidates: fp32 in NCHW (always correct, the fallback) and bf16 autocast with
+channels_last weights and inputs (tensor cores on a GPU; bf16 matrix or vector units on a CPU).
+- CUDA: bf16 + channels_last when the GPU supports bf16, else fp32 NCHW.
+- CPU without `amx_bf16` / `avx512_bf16` in /proc/cpuinfo: fp32 NCHW (bf16 is emulated there, and
+  was measured 30x slower on an AVX2 EPYC).
+- CPU with them: a probe of about a second times one conv training step both ways, interleaved,
+  and picks bf16 + channels_last when it is at least PROBE_MARGIN faster. The verdict is cached per
+  machine (CPU model, flags, torch version, thread count), so one machine always chooses alike.
+An explicit value of either setting always wins over the choice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from segframe.errors import ConfigError
+
+try:
+    import fcntl  # POSIX: one process probes while the others (DDP ranks, sweep jobs) wait for its verdict
+except ImportError:  # Windows: each process may probe once on first use
+    fcntl = None
+
+log = logging.getLogger("segframe")
+
+AUTO = "auto"
+FP32, BF16 = "32-true", "bf16-mixed"
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # matrix (AMX) and vector bf16 units
+PROBE_MARGIN = 1.10  # below this the probe's difference is within this machine's noise (±10%)
+
+
+@dataclass(frozen=True)
+class Choice:
+    precision: str
+    channels_last: bool
+    reason: str  # why: the device, the flags or the probe's figures, or "set explicitly"
+
+    def record(self) -> dict[str, Any]:
+        """What metrics.json keeps of it."""
+        return asdict(self)
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (Linux), or None where they cannot be read."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cache_file() -> Path:
+    """Where the probe's verdicts are kept: $SEGFRAME_CACHE, else ~/.cache/segframe."""
+    root = os.environ.get("SEGFRAME_CACHE") or Path.home() / ".cache" / "segframe"
+    return Path(root) / "speed-probe.json"
+
+
+def _probe_net(channels_last: bool) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """A ResNet-stage-like stack (3x3 convs, BatchNorm, ReLU): what dominates a segmentation step."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 64, 3, stride=2, padding=1), torch.nn.BatchNorm2d(64), torch.nn.ReLU(),
+        *[m for _ in range(3) for m in (torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.BatchNorm2d(64),
+                                        torch.nn.ReLU())],
+        torch.nn.Conv2d(64, 8, 1))
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net, torch.optim.SGD(net.parameters(), lr=1e-3)
+
+
+def probe(seconds: float = 1.0, size: int = 128, batch: int = 4) -> dict[str, float]:
+    """Median ms of one training step of _probe_net: fp32 NCHW vs bf16 autocast + channels_last,
+    interleaved (a burst of load hits both), for about `seconds` after one warm-up step each."""
+    x = torch.rand(batch, 3, size, size)
+    y = torch.randint(0, 8, (batch, size // 2, size // 2))
+    runs = {}
+    for fast in (False, True):
+        net, opt = _probe_net(fast)
+        runs["bf16+channels_last" if fast else "fp32"] = (net, opt, fast)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    deadline = time.perf_counter() + seconds
+    rounds = 0
+    while rounds < 2 or (time.perf_counter() < deadline and rounds < 50):
+        for name, (net, opt, fast) in runs.items():
+            inputs = x.contiguous(memory_format=torch.channels_last) if fast else x
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16) if fast else contextlib.nullcontext():
+                loss = F.cross_entropy(net(inputs).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if rounds:  # the first round warms up
+                times[name].append(time.perf_counter() - start)
+        rounds += 1
+    return {name: round(1000 * sorted(t)[len(t) // 2], 2) for name, t in times.items()}
+
+
+@contextlib.contextmanager
+def _probe_lock(path: Path):
+    """Held while reading, probing and writing the cache: processes started together (DDP ranks)
+    then probe once, on an otherwise idle CPU, and all read the same verdict."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_suffix(".lock"), "a+b")  # noqa: SIM115 (held until the end of the block)
+    except OSError:  # nowhere to cache: probe unlocked
+        yield
+        return
+    with handle:
+        if fcntl is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        yield
+
+
+def _probed_cpu_choice(flags: set[str] | None) -> Choice:
+    """The CPU verdict from the cached probe, probing (and caching) on first use on this machine."""
+    key = f"{cpu_name()} | bf16 flags {sorted((flags or set()) & set(BF16_FLAGS))} | torch {torch.__version__} | " \
+          f"{torch.get_num_threads()} threads"
+    path = cache_file()
+    with _probe_lock(path):
+        try:
+            cache = json.loads(path.read_text())
+        except (OSError, ValueError):
+            cache = {}
+        ms = cache.get(key)
+        if ms is None:
+            ms = probe()
+            cache[key] = ms
+            try:  # a read-only home only costs the next run another probe
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(cache, indent=1))
+                tmp.replace(path)
+            except OSError as exc:
+                log.warning("speed probe: could not cache the result in %s (%s)", path, exc)
+    ratio = ms["fp32"] / max(ms["bf16+channels_last"], 1e-9)
+    figures = f"probe: fp32 NCHW {ms['fp32']} ms, bf16 + channels_last {ms['bf16+channels_last']} ms per step"
+    if ratio >= PROBE_MARGIN:
+        return Choice(BF16, True, f"CPU with bf16 units, {ratio:.2f}x faster in bf16 ({figures})")
+    return Choice(FP32, False, f"CPU bf16 only {ratio:.2f}x (< {PROBE_MARGIN}x) of fp32 ({figures})")
+
+
+def capability(device_type: str) -> Choice:
+    """The setting this kind of device trains fastest in (see the module docstring)."""
+    if device_type == "cuda":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return Choice(BF16, True, f"CUDA GPU with bf16 ({torch.cuda.get_device_name()})")
+        return Choice(FP32, False, "CUDA GPU without bf16")
+    if device_type != "cpu":
+        return Choice(FP32, False, f"{device_type}: no measured choice, fp32 NCHW")
+    flags = cpu_flags()
+    if flags is not None and not flags & set(BF16_FLAGS):
+        return Choice(FP32, False, f"CPU without bf16 units (none of {', '.join(BF16_FLAGS)} in /proc/cpuinfo)")
+    return _probed_cpu_choice(flags)
+
+
+def resolve(precision: Any, channels_last: Any, device_type: str) -> Choice:
+    """trainer.precision and module.channels_last with `auto` replaced by the device's choice; an
+    explicit value wins. The device's choice is made (and probed) only when one of them is auto."""
+    if not (channels_last == AUTO or isinstance(channels_last, bool)):
+        raise ConfigError(f"module.channels_last must be true, false or auto, got {channels_last!r}")
+    if precision != AUTO and channels_last != AUTO:
+        return Choice(str(precision), bool(channels_last), "set explicitly")
+    best = capability(device_type)
+    chosen = Choice(best.precision if precision == AUTO else str(precision),
+                    best.channels_last if channels_last == AUTO else bool(channels_last),
+                    f"auto: {best.reason}" + ("" if precision == AUTO and channels_last == AUTO else
+                                              "; the other knob was set explicitly"))
+    log.info("speed knobs: trainer.precision=%s module.channels_last=%s (%s)", chosen.precision,
+             chosen.channels_last, chosen.reason)
+    return chosen
+
+
+def device_type(accelerator: Any) -> str:
+    """The device a Trainer with `accelerator` (auto | cpu | gpu | cuda | ...) trains on."""
+    accelerator = str(accelerator or AUTO).lower()
+    if accelerator in (AUTO, "gpu", "cuda"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return accelerator

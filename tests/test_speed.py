@@ -1,0 +1,136 @@
+"""`trainer.precision=auto` / `module.channels_last=auto` (segframe/speed.py): the choice per device,
+the per-machine probe cache, explicit values winning, what a run records, and (slow) that the
+choice auto makes on bf16 hardware trains `shapes` as well as fp32 does."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+from segframe import speed
+from segframe.errors import ConfigError
+
+from helpers.config import TINY_ON_TINY_SHAPES, compose, tiny
+
+
+@pytest.fixture
+def probes(monkeypatch, tmp_path):
+    """A fake probe (its figures set by the test) and an empty per-machine cache; counts the probes."""
+    monkeypatch.setenv("SEGFRAME_CACHE", str(tmp_path / "cache"))
+    calls: list[int] = []
+    figures = {"fp32": 100.0, "bf16+channels_last": 50.0}
+
+    def fake_probe(*args, **kwargs):
+        calls.append(1)
+        return dict(figures)
+
+    monkeypatch.setattr(speed, "probe", fake_probe)
+    return calls, figures
+
+
+def test_explicit_values_win_and_nothing_is_probed(monkeypatch):
+    monkeypatch.setattr(speed, "capability", lambda *a: pytest.fail("probed although both knobs were set"))
+    assert speed.resolve("32-true", False, "cpu") == speed.Choice("32-true", False, "set explicitly")
+    assert speed.resolve("bf16-mixed", True, "cuda").precision == "bf16-mixed"
+
+
+def test_one_auto_knob_takes_the_choice_and_keeps_the_other(monkeypatch):
+    monkeypatch.setattr(speed, "capability", lambda *a: speed.Choice(speed.BF16, True, "fake"))
+    assert speed.resolve("auto", False, "cpu") == speed.Choice(speed.BF16, False, "auto: fake; the other knob was set explicitly")
+    assert speed.resolve("32-true", "auto", "cpu").channels_last is True
+    assert speed.resolve("auto", "auto", "cpu") == speed.Choice(speed.BF16, True, "auto: fake")
+
+
+def test_a_cpu_without_bf16_units_stays_fp32_without_probing(monkeypatch, probes):
+    monkeypatch.setattr(speed, "cpu_flags", lambda: {"avx2", "fma"})
+    choice = speed.capability("cpu")
+    assert (choice.precision, choice.channels_last) == ("32-true", False) and "without bf16 units" in choice.reason
+    assert probes[0] == []
+
+
+@pytest.mark.parametrize("bf16_ms, chosen", [(50.0, ("bf16-mixed", True)), (95.0, ("32-true", False))])
+def test_a_cpu_with_bf16_units_is_probed_once_per_machine(monkeypatch, probes, bf16_ms, chosen):
+    calls, figures = probes
+    figures["bf16+channels_last"] = bf16_ms  # 2x faster: bf16; 1.05x (< PROBE_MARGIN): fp32
+    monkeypatch.setattr(speed, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    first, again = speed.capability("cpu"), speed.capability("cpu")
+    assert (first.precision, first.channels_last) == chosen and first == again
+    assert len(calls) == 1  # the verdict is cached
+    cache = json.loads(speed.cache_file().read_text())
+    (key,) = cache
+    assert "avx512_bf16" in key and torch.__version__ in key and cache[key]["bf16+channels_last"] == bf16_ms
+
+
+def test_cuda_without_a_gpu_or_bf16_is_fp32():
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        assert speed.capability("cuda") .precision == "bf16-mixed"
+    else:
+        assert speed.capability("cuda") == speed.Choice("32-true", False, "CUDA GPU without bf16")
+
+
+def test_a_bad_channels_last_value_is_refused():
+    with pytest.raises(ConfigError, match="module.channels_last must be true, false or auto, got 'yes'"):
+        speed.resolve("auto", "yes", "cpu")
+
+
+def test_the_real_probe_times_both_settings(one_thread):
+    ms = speed.probe(seconds=0.1, size=32, batch=2)
+    assert set(ms) == {"fp32", "bf16+channels_last"} and all(v > 0 for v in ms.values())
+
+
+def test_auto_is_the_default():
+    cfg = compose([])
+    assert cfg.trainer.precision == "auto" and cfg.module.channels_last == "auto"
+    assert compose(["trainer=ddp"]).trainer.precision == "auto"
+
+
+def _train(tmp_path: Path, shard_dir: Path, overrides: list[str]) -> tuple[dict, dict]:
+    from segframe.training import train
+
+    cfg = compose([*tiny(drop=("trainer.precision", "module.channels_last"), base=TINY_ON_TINY_SHAPES),
+                   f"data.shard_dir={shard_dir}",
+                   *overrides])
+    train(cfg, tmp_path)
+    ckpt = torch.load(next((tmp_path / "checkpoints").glob("best-epoch*.ckpt")), weights_only=True)
+    return json.loads((tmp_path / "metrics.json").read_text()), ckpt
+
+
+def test_a_run_records_the_choice_and_uses_it(tmp_path, tiny_shapes, probes, monkeypatch):
+    monkeypatch.setattr(speed, "cpu_flags", lambda: {"avx512_bf16"})  # a CPU with bf16 units, 2x in the probe
+    metrics, ckpt = _train(tmp_path / "auto", tiny_shapes, ["trainer.max_epochs=1"])
+    knobs = metrics["speed_knobs"]
+    assert knobs["precision"] == "bf16-mixed" and knobs["channels_last"] is True and knobs["reason"].startswith("auto:")
+    assert ckpt["hyper_parameters"]["channels_last"] is True
+    conv = next(v for v in ckpt["state_dict"].values() if v.dim() == 4 and v.shape[-1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    metrics, ckpt = _train(tmp_path / "set", tiny_shapes, ["trainer.max_epochs=1", "trainer.precision=32-true",
+                                                            "module.channels_last=false"])
+    assert metrics["speed_knobs"] == {"precision": "32-true", "channels_last": False, "reason": "set explicitly"}
+    assert ckpt["hyper_parameters"]["channels_last"] is False
+
+
+@pytest.mark.slow
+def test_the_bf16_choice_trains_shapes_like_fp32(tmp_path):
+    """What auto picks on bf16 hardware (bf16 autocast + channels_last) against fp32 NCHW: the quickstart
+    recipe for 4 of its 16 epochs (148 steps), three seeds each. The bf16 mean lies within fp32's seed
+    range, widened by half that range (at least 1 point): CPU numerics differ across machines, and the
+    seeds' spread is the scale of training noise."""
+    from segframe.training import train
+
+    miou: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for seed in (0, 1, 2):
+        for name, knobs in (("fp32", ["trainer.precision=32-true", "module.channels_last=false"]),
+                            ("bf16", ["trainer.precision=bf16-mixed", "module.channels_last=true"])):
+            run = tmp_path / f"{name}{seed}"
+            train(compose(["experiment=quickstart", f"paths.data_dir={tmp_path / 'data'}", f"seed={seed}",
+                           "trainer.max_epochs=4", "logger=none", "report.num_images=0",
+                           "trainer.enable_progress_bar=false", *knobs]), run)
+            miou[name].append(100 * json.loads((run / "metrics.json").read_text())["miou"])
+    low, high = min(miou["fp32"]), max(miou["fp32"])
+    margin = max(1.0, (high - low) / 2)
+    print(f"mIoU per seed: {miou}")
+    assert low - margin <= statistics.fmean(miou["bf16"]) <= high + margin, miou
