@@ -181,3 +181,16 @@ def test_infer_part_runs_each_runtime_on_the_same_model():
     assert runtimes[:3] == ["eager", "torchscript", "onnxruntime"]
     assert all(r[2] > 0 for r in rows[:3]), rows  # every runtime ran (onnxruntime is in the test extra)
     assert "ms / image" in report(rows, (40, 56), 1, 1)
+
+
+def test_gpu_check_lists_its_steps_and_refuses_without_a_gpu(capsys, tmp_path):
+    from segframe.bench import gpu_check
+
+    assert gpu_check.main(["--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert "bench (at most 330 s)" in listed and "--device cuda" in listed and "channels_last+bf16" in listed
+    assert "gpu_tests (at most 150 s)" in listed and "tests/test_scale.py" in listed
+    assert sum(limit for _, _, limit in gpu_check.STEPS) <= 8 * 60  # the issue: under 8 minutes
+    if not torch.cuda.is_available():
+        assert gpu_check.main(["--out", str(tmp_path)]) == 2
+        assert "sees no CUDA GPU" in capsys.readouterr().err
