@@ -41,13 +41,16 @@ PARTIAL = ".partial"  # suffix of a checkpoint being written; what a kill mid-wr
 
 class RunConfig(Callback):
     """Stores the run's resolved config in every checkpoint (`run_config`), so that a resumed run
-    can say which settings changed since; no component gets the whole config."""
+    can say which settings changed since; no component gets the whole config. With `speed_knobs`
+    (segframe.speed's choice, recorded), also what `auto` became, which eval reuses."""
 
-    def __init__(self, config: dict[str, Any]):
-        self.config = config
+    def __init__(self, config: dict[str, Any], speed_knobs: dict[str, Any] | None = None):
+        self.config, self.speed_knobs = config, speed_knobs
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint["run_config"] = self.config
+        if self.speed_knobs is not None:
+            checkpoint["speed_knobs"] = self.speed_knobs
 
 
 class Requeued(Exception):

@@ -40,6 +40,18 @@ def speed_choice(trainer_cfg: DictConfig, channels_last: Any = False) -> speed.C
     return speed.resolve(trainer_cfg.precision, channels_last, speed.device_type(trainer_cfg.get("accelerator")))
 
 
+def eval_speed_choice(trainer_cfg: DictConfig, ckpt: dict[str, Any], channels_last: bool) -> speed.Choice:
+    """At trainer.precision=auto, evaluate in the precision the checkpoint trained in, so that its
+    metrics reproduce the training run's; a checkpoint from before `auto` trained in what its run
+    config names. An explicit precision wins."""
+    if trainer_cfg.precision == speed.AUTO:
+        trained = (ckpt.get("speed_knobs") or {}).get("precision") or \
+            ((ckpt.get("run_config") or {}).get("trainer") or {}).get("precision")
+        if trained and trained != speed.AUTO:
+            return speed.Choice(str(trained), channels_last, "auto: the precision the checkpoint was trained in")
+    return speed_choice(trainer_cfg, channels_last)
+
+
 def trainer(trainer_cfg: DictConfig, run_dir: Path, callbacks: list, loggers: list | bool,
             plugins: list | None = None, precision: str | None = None) -> Any:
     """The Lightning Trainer of `trainer_cfg`, at `precision` when given (the run's speed choice),

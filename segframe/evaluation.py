@@ -33,13 +33,15 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {cfg.ckpt} predicts {len(hp['classes'])} classes {hp['classes']} but "
                               f"dataset {data.name} has {dm.num_classes} {dm.classes}; evaluate it on the dataset it "
                               f"was trained for")
-    trainer = components.trainer(cfg.trainer, run_dir, [], False)
+    knobs = components.eval_speed_choice(cfg.trainer, ckpt, bool(module.channels_last))
+    trainer = components.trainer(cfg.trainer, run_dir, [], False, precision=knobs.precision)
     trainer.test(module, datamodule=dm, verbose=False)
     if not trainer.is_global_zero:
         return {}
     examples = predict_examples(module, dm.eval_dataloader(split), cfg.report.num_images) \
         if cfg.report.num_images > 0 else None
     info = {"dataset": dm.manifest["name"], "split": split, "checkpoint": str(cfg.ckpt),
-            "num_samples": dm.manifest["splits"][split]["num_samples"], "inference": module.inference}
+            "num_samples": dm.manifest["splits"][split]["num_samples"], "inference": module.inference,
+            "speed_knobs": knobs.record()}
     return finish_run(run_dir, cfg, module.last_confmat["test"], module.last_image_scores.get("test"), dm.classes,
                       dm.palette, info, examples)

@@ -56,7 +56,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     loggers = [instantiate(c, save_dir=str(run_dir)) for c in cfg.logger.values()]
     if resume is not None:
         continue_logs(loggers, resume)
-    callbacks += [RunConfig(config), *components.callbacks(cfg.get("callbacks"), logging=bool(loggers))]
+    callbacks += [RunConfig(config, knobs.record()), *components.callbacks(cfg.get("callbacks"), logging=bool(loggers))]
     trainer = components.trainer(cfg.trainer, run_dir, callbacks, loggers or False, plugins, knobs.precision)
     start = time.time()
     try:

@@ -104,13 +104,27 @@ def test_a_run_records_the_choice_and_uses_it(tmp_path, tiny_shapes, probes, mon
     metrics, ckpt = _train(tmp_path / "auto", tiny_shapes, ["trainer.max_epochs=1"])
     knobs = metrics["speed_knobs"]
     assert knobs["precision"] == "bf16-mixed" and knobs["channels_last"] is True and knobs["reason"].startswith("auto:")
-    assert ckpt["hyper_parameters"]["channels_last"] is True
+    assert ckpt["hyper_parameters"]["channels_last"] is True and ckpt["speed_knobs"] == knobs
     conv = next(v for v in ckpt["state_dict"].values() if v.dim() == 4 and v.shape[-1] > 1)
     assert conv.is_contiguous(memory_format=torch.channels_last)
     metrics, ckpt = _train(tmp_path / "set", tiny_shapes, ["trainer.max_epochs=1", "trainer.precision=32-true",
                                                             "module.channels_last=false"])
     assert metrics["speed_knobs"] == {"precision": "32-true", "channels_last": False, "reason": "set explicitly"}
     assert ckpt["hyper_parameters"]["channels_last"] is False
+
+
+def test_eval_at_auto_uses_the_precision_the_checkpoint_trained_in(monkeypatch):
+    from segframe.components import eval_speed_choice
+
+    monkeypatch.setattr(speed, "capability", lambda *a: speed.Choice(speed.BF16, True, "this machine"))
+    auto, fixed = compose([]).trainer, compose(["trainer.precision=32-true"]).trainer
+    trained_bf16 = {"speed_knobs": {"precision": "bf16-mixed", "channels_last": True, "reason": "auto: ..."}}
+    assert eval_speed_choice(auto, trained_bf16, True) == \
+        speed.Choice("bf16-mixed", True, "auto: the precision the checkpoint was trained in")
+    assert eval_speed_choice(fixed, trained_bf16, True).precision == "32-true"  # an explicit value wins
+    older = {"run_config": {"trainer": {"precision": "32-true"}}}  # from before auto: its run config says
+    assert eval_speed_choice(auto, older, False).precision == "32-true"
+    assert eval_speed_choice(auto, {}, False).reason.startswith("auto: this machine")  # nothing recorded: the device's choice
 
 
 @pytest.mark.slow
