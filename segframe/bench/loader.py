@@ -1,8 +1,9 @@
 """Loader throughput.
 
   bench_loader     samples/s of SegDataModule's shard pipeline (tar read + decode [+ augment]) per worker count
-  bench_files      the shard stream vs the usual per-file map-style Dataset (open image.jpg + mask.png,
-                   decode, same augmentation) on the same images, same workers and batch size
+  bench_files      the shard stream (windowed scale-pad-crop, reduced JPEG decode) vs the usual per-file
+                   map-style Dataset (open image.jpg + mask.png, decode, the albumentations chain) on the
+                   same images, same augmentation distribution, workers and batch size; interleaved rounds
   bench_dataloader DataLoader knobs on the shard stream over several short epochs, worker start-up
                    included: persistent_workers, prefetch_factor, pin_memory (CUDA only)
 """
@@ -32,7 +33,8 @@ Item = tuple[str, str, str]  # (id, image path, mask path), as the converters' i
 class FileDataset(Dataset):
     """The usual per-file map-style dataset: `items[i]` names an image file and its mask file,
     read and decoded in __getitem__ (with the shards' decoders, so both yield identical arrays),
-    labels checked, then the same joint augmentation as the shard stream."""
+    labels checked, then its joint augmentation (in bench_files: the plain albumentations chain of the
+    shard stream's augmentation distribution)."""
 
     def __init__(self, items: list[Item], transform: Callable[..., dict] | None = None,
                  num_classes: int | None = None):
@@ -135,31 +137,57 @@ def bench_loader(shard_dir: Path, crop: int, batch: int, workers: list[int], sec
 
 @dataclass
 class FilesRow:
+    """One worker count: a (shards, files) pair of rates per round, measured back to back."""
+
     workers: int
-    shard_rate: float
-    file_rate: float
-    shard_samples: int
-    file_samples: int
+    shard_rates: list[float]
+    file_rates: list[float]
+    shard_samples: int = 0
+    file_samples: int = 0
+
+    @property
+    def ratios(self) -> list[float]:
+        return [s / f for s, f in zip(self.shard_rates, self.file_rates)]
 
     @property
     def ratio(self) -> float:
-        return self.shard_rate / self.file_rate
+        return float(np.median(self.ratios))
+
+    @property
+    def shard_rate(self) -> float:
+        return float(np.median(self.shard_rates))
+
+    @property
+    def file_rate(self) -> float:
+        return float(np.median(self.file_rates))
 
 
 def bench_files(shard_dir: Path, items: list[Item], crop: int, batch: int, workers: list[int],
-                seconds: float) -> list[FilesRow]:
-    """Shards vs per-file reading of the same images with the same augmentation (default_train at
-    `crop`), per worker count; the two alternate so drift affects both alike."""
+                seconds: float, rounds: int = 3) -> list[FilesRow]:
+    """Shards vs per-file reading of the same images and the same augmentation distribution
+    (default_train at `crop`), per worker count. The shard stream runs SegDataModule's pipeline
+    (the windowed scale-pad-crop, deciding the JPEG decode); the files run the plain albumentations
+    chain on decoded files (`reference=True`). Interleaved: each round measures every worker count,
+    shards and files back to back, the first of the pair alternating, so drift on a shared machine
+    falls on both; each round gives one ratio per worker count."""
     from segframe.data.augment import default_train
 
     num_classes = len(read_manifest(shard_dir)["classes"])
-    rows = []
-    for w in workers:
-        stream = shard_stream(shard_dir, "all", default_train(crop_size=crop), batch)
-        shard_rate, shard_n = measure_rate(shard_loader(stream, batch, w), seconds, stream.set_epoch)
-        files = file_loader(items, default_train(crop_size=crop), batch, w, num_classes)
-        file_rate, file_n = measure_rate(files, seconds)
-        rows.append(FilesRow(w, shard_rate, file_rate, shard_n, file_n))
+    rows = [FilesRow(w, [], []) for w in workers]
+    for round_ in range(rounds):
+        for row in rows:
+            for side in (("shards", "files") if round_ % 2 == 0 else ("files", "shards")):
+                if side == "shards":
+                    stream = shard_stream(shard_dir, "all", default_train(crop_size=crop), batch)
+                    rate, n = measure_rate(shard_loader(stream, batch, row.workers), seconds, stream.set_epoch)
+                    row.shard_rates.append(rate)
+                    row.shard_samples += n
+                else:
+                    files = file_loader(items, default_train(crop_size=crop, reference=True), batch, row.workers,
+                                        num_classes)
+                    rate, n = measure_rate(files, seconds)
+                    row.file_rates.append(rate)
+                    row.file_samples += n
     return rows
 
 
@@ -241,11 +269,12 @@ def report_loader(rows: list[tuple]) -> str:
 
 
 def report_files(rows: list[FilesRow]) -> str:
+    """Median rates over the rounds, and the median and spread (min-max) of the per-round ratio."""
     return table(["workers", "shards samples/s", "per worker", "files samples/s", "per worker", "shards / files",
-                  "samples (shards, files)"],
+                  "min-max", "rounds", "samples (shards, files)"],
                  [[str(r.workers), r.shard_rate, r.shard_rate / max(r.workers, 1), r.file_rate,
-                   r.file_rate / max(r.workers, 1), fmt(r.ratio, 2), f"{r.shard_samples}, {r.file_samples}"]
-                  for r in rows])
+                   r.file_rate / max(r.workers, 1), fmt(r.ratio, 2), f"{min(r.ratios):.2f}-{max(r.ratios):.2f}",
+                   str(len(r.ratios)), f"{r.shard_samples}, {r.file_samples}"] for r in rows])
 
 
 def report_dataloader(rows: list[DataLoaderRow]) -> str:

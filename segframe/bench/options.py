@@ -2,7 +2,8 @@
 
   convert     converter samples/s per process count on a generated VOC tree; shard / raw bytes
   loader      SegDataModule shard pipeline samples/s (decode, decode + augment) per worker count
-  files       shard stream vs per-file Dataset (image.jpg + mask.png) on the same VOC-like images, per worker count
+  files       shard stream vs per-file Dataset (image.jpg + mask.png) on the same VOC-like images, per worker count,
+              in interleaved rounds: median and min-max of the ratio
   dataloader  persistent_workers / prefetch_factor / pin_memory on the shard stream, short epochs, start-up included
   memory      peak RSS of a few training steps per model; loader RSS growth over N, 4N, 16N samples
   eval        confusion-matrix update (argmax + bincount) as a fraction of the eval forward pass
@@ -28,7 +29,7 @@ import argparse
 PARTS = ("convert", "loader", "files", "dataloader", "memory", "eval", "step", "knobs", "epoch", "checkpoint",
          "infer")
 QUICK = dict(size=64, batch=2, steps=2, min_steps=1, budget=2.0, overhead_steps=2, repeats=1, seconds=1.0, crop=128,
-             files_images=48, dl_epochs=2, dl_batches=3, eval_size="64", eval_reps=1, memory_steps=1,
+             files_images=48, files_rounds=2, dl_epochs=2, dl_batches=3, eval_size="64", eval_reps=1, memory_steps=1,
              memory_samples=16, convert_images=64, gpu_size=128, checkpoint_repeats=1, infer_size="64",
              infer_reps=1, infer_models="fcn8s_resnet18", epoch_crop=64, epoch_batch=2, epoch_steps=2,
              epoch_workers=0, epoch_repeats=1)
@@ -81,6 +82,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--crop", type=int, default=320, help="augmentation crop for files/dataloader")
     g.add_argument("--loader-batch", type=int, default=8)
     g.add_argument("--files-images", type=int, default=400, help="generated VOC-like images (500x375)")
+    g.add_argument("--files-rounds", type=int, default=5,
+                   help="files: interleaved rounds (each measures shards and files at every worker count)")
     g.add_argument("--dl-workers", type=int, default=2)
     g.add_argument("--dl-epochs", type=int, default=4)
     g.add_argument("--dl-batches", type=int, default=10, help="batches per short epoch")

@@ -54,12 +54,17 @@ def files(args: argparse.Namespace, tmp: Path) -> str:
     from segframe.bench.loader import bench_files, report_files
 
     shard_dir, items = _voc_like(args, tmp)
-    rows = bench_files(shard_dir, items, args.crop, args.loader_batch, ints(args.workers), args.seconds)
-    return (f"{len(items)} VOC-like 500x375 JPEG + palette PNG pairs (page cache), default_train augmentation "
+    rows = bench_files(shard_dir, items, args.crop, args.loader_batch, ints(args.workers), args.seconds,
+                       args.files_rounds)
+    return (f"{len(items)} VOC-like 500x375 JPEG + palette PNG pairs (page cache), default_train's distribution "
             f"(scale 0.5-2, pad, crop {args.crop}, flip, colour jitter), batch {args.loader_batch}, "
-            f"{args.seconds:g} s per setting (whole epochs; the first batch, i.e. the first worker start-up, not "
-            f"counted)\n  shards: TrainStream (shuffle buffer 64) as SegDataModule builds it; files: map-style Dataset "
-            f"opening JPEGImages/ID.jpg + SegmentationClass/ID.png, shuffle=True\n" + report_files(rows))
+            f"{args.files_rounds} interleaved rounds of {args.seconds:g} s per setting (whole epochs; the first "
+            f"batch, i.e. the first worker start-up, not counted)\n  shards: TrainStream (shuffle buffer 64) as "
+            f"SegDataModule builds it, windowed scale-pad-crop (JPEG decoded at 1/2..1/8 when the scale is "
+            f"<= 1/2); files: map-style Dataset opening JPEGImages/ID.jpg + SegmentationClass/ID.png, "
+            f"shuffle=True, the albumentations chain (resize whole image, pad, crop)\n"
+            f"  rates: medians over the rounds; shards / files: median of the rounds' ratios, min-max their "
+            f"spread\n" + report_files(rows))
 
 
 def dataloader(args: argparse.Namespace, tmp: Path) -> str:

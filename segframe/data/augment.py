@@ -5,6 +5,10 @@ carry it), and keeping images uint8 until the GPU moves 4x fewer bytes through t
 
 Padding always fills masks with IGNORE_INDEX so padded pixels never count as a class.
 albumentations 2.x names the fills `fill=` / `fill_mask=`; the 1.x names are ignored.
+
+default_train and seed_train scale, pad and crop with WindowedScaleCrop (data/window.py): the same
+draws as the albumentations chain, computed on the crop window only. `reference=True` returns the
+plain chain instead (the bench's per-file baseline, and the tests' yardstick).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import albumentations as A
 import cv2
 
 from segframe.data.sample import IGNORE_INDEX
+from segframe.data.window import WindowedScaleCrop
 
 
 def _size(crop_size: int | Sequence[int]) -> tuple[int, int]:
@@ -28,6 +33,12 @@ def _flip(hflip: float) -> list[A.BasicTransform]:
     return [A.HorizontalFlip(p=hflip)] if hflip > 0 else []
 
 
+def _random_scale(scale: Sequence[float]) -> A.RandomScale:
+    # scale_limit is relative to 1: (0.5, 2.0) -> (-0.5, 1.0). p=1: always rescale.
+    return A.RandomScale(scale_limit=(scale[0] - 1.0, scale[1] - 1.0), interpolation=cv2.INTER_LINEAR,
+                         mask_interpolation=cv2.INTER_NEAREST, p=1.0)
+
+
 def default_train(
     crop_size: int | Sequence[int] = 512,
     scale: Sequence[float] = (0.5, 2.0),
@@ -37,17 +48,19 @@ def default_train(
     contrast: float = 0.3,
     saturation: float = 0.3,
     hue: float = 0.05,
-) -> A.Compose:
-    """Random scale, pad (mask 255), random crop, flip, colour distortion."""
+    reference: bool = False,
+) -> A.Compose | WindowedScaleCrop:
+    """Random scale, pad (mask 255), random crop, flip, colour distortion. `reference`: the plain
+    albumentations chain (resize the whole image, pad, crop) instead of the windowed one."""
     h, w = _size(crop_size)
     jitter = []
     if color_jitter > 0:
         jitter = [A.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, p=color_jitter)]
+    if not reference:
+        return WindowedScaleCrop((h, w), scale, random_crop=True, post=A.Compose([*_flip(hflip), *jitter]))
     return A.Compose(
         [
-            # scale_limit is relative to 1: (0.5, 2.0) -> (-0.5, 1.0). p=1: always rescale.
-            A.RandomScale(scale_limit=(scale[0] - 1.0, scale[1] - 1.0), interpolation=cv2.INTER_LINEAR,
-                          mask_interpolation=cv2.INTER_NEAREST, p=1.0),
+            _random_scale(scale),
             A.PadIfNeeded(min_height=h, min_width=w, position="center", border_mode=cv2.BORDER_CONSTANT,
                           fill=0, fill_mask=IGNORE_INDEX),
             A.RandomCrop(height=h, width=w),
@@ -58,15 +71,18 @@ def default_train(
 
 
 def seed_train(
-    crop_size: int | Sequence[int] = 384, scale: Sequence[float] = (0.9, 1.1), hflip: float = 0.5
-) -> A.Compose:
+    crop_size: int | Sequence[int] = 384, scale: Sequence[float] = (0.9, 1.1), hflip: float = 0.5,
+    reference: bool = False,
+) -> A.Compose | WindowedScaleCrop:
     """tf-image-segmentation's recipe: scale jitter U(0.9, 1.1), then crop-or-pad (centred)
-    to a fixed output size with the mask padded by the ignore label, then a random flip."""
+    to a fixed output size with the mask padded by the ignore label, then a random flip.
+    `reference`: the plain albumentations chain instead of the windowed one."""
     h, w = _size(crop_size)
+    if not reference:
+        return WindowedScaleCrop((h, w), scale, random_crop=False, post=A.Compose(_flip(hflip)))
     return A.Compose(
         [
-            A.RandomScale(scale_limit=(scale[0] - 1.0, scale[1] - 1.0), interpolation=cv2.INTER_LINEAR,
-                          mask_interpolation=cv2.INTER_NEAREST, p=1.0),
+            _random_scale(scale),
             A.CenterCrop(height=h, width=w, pad_if_needed=True, pad_position="center",
                          border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE_INDEX),
             *_flip(hflip),

@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from segframe.data.sample import IGNORE_INDEX, decode_sample
+from segframe.data.sample import IGNORE_INDEX, decode_sample, open_sample
 from segframe.commands import convert_command_for
 from segframe.data.manifest import read_manifest, shard_urls, split_info
 from segframe.data.shard_reader import iter_shard
@@ -83,12 +83,22 @@ class ShardStream(IterableDataset):
             # forked workers inherit one RNG state: give each its own stream of augmentations
             self.transform.set_random_seed(rng.randrange(2**31))
         for sample in self._samples(consumer, consumers, rng, epoch, workers, worker):
-            image, mask, _ = decode_sample(sample, self.num_classes)
-            if self.transform is not None:
-                out = self.transform(image=image, mask=mask)
-                image, mask = out["image"], out["mask"]
+            image, mask = self._augmented(sample)
             yield (torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
                    torch.from_numpy(mask.astype(np.int64)))
+
+    def _augmented(self, sample: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded and transformed. A transform with `apply_encoded` (WindowedScaleCrop) decodes the
+        image itself, so that it can decode a JPEG it will shrink at a reduced DCT scale."""
+        if hasattr(self.transform, "apply_encoded"):
+            encoded, mask, _ = open_sample(sample, self.num_classes)
+            out = self.transform.apply_encoded(encoded, mask)
+            return out["image"], out["mask"]
+        image, mask, _ = decode_sample(sample, self.num_classes)
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return image, mask
 
     def _role(self, workers: int, worker: int, epoch: int) -> int:
         """Which worker's part of the epoch this worker plays (its own, but in a resumed epoch)."""

@@ -63,18 +63,46 @@ def encode_png(array: np.ndarray) -> bytes:
 
 def decode_image(data: bytes, name: str = "image", exif_transpose: bool = False) -> np.ndarray:
     """Encoded bytes -> HxWx3 uint8 RGB; `exif_transpose`: as a viewer shows it (phone photos)."""
+    return _decode_rgb(data, name, exif_transpose=exif_transpose)[0]
+
+
+def decode_image_reduced(data: bytes, name: str, at_least: tuple[int, int] | None
+                         ) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """(HxWx3 uint8 RGB, k, (full height, full width)): a JPEG decoded at libjpeg's DCT scale 1/k
+    (k = 1, 2, 4, 8), the smallest that still has `at_least` (height, width) pixels; other formats,
+    and `at_least=None`, at k = 1. The inverse DCT at 1/k skips most of the decode's work, not only
+    pixels. Pixel (i, j) of the result covers source pixels [k*i, k*i + k) x [k*j, k*j + k), so its
+    centre is source coordinate k*(i + 0.5) - 0.5: callers fold k into their geometry."""
+    return _decode_rgb(data, name, at_least=at_least)
+
+
+def _decode_rgb(data: bytes, name: str, exif_transpose: bool = False, at_least: tuple[int, int] | None = None
+                ) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """decode_image and decode_image_reduced: (RGB array, DCT reduction k, full (height, width))."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             _check_depth(im, name)
+            width, height = im.size
+            k = _draft(im, at_least) if at_least is not None else 1
             if exif_transpose:
                 from PIL import ImageOps
 
-                return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-            return np.asarray(im.convert("RGB"))
+                im = ImageOps.exif_transpose(im)
+            return np.asarray(im.convert("RGB")), k, (height, width)
     except SampleError:
         raise
     except Exception as exc:  # PIL raises many types for corrupt data
         raise SampleError(f"{name}: cannot decode image ({exc})") from exc
+
+
+def _draft(im: Image.Image, at_least: tuple[int, int]) -> int:
+    """Ask a JPEG (nothing else can) for its smallest DCT scale keeping `at_least` (h, w); returns k.
+    draft answers (mode, box), box being the full image in reduced pixels: full width / its width = k."""
+    if im.format != "JPEG":
+        return 1
+    width = im.size[0]  # before draft shrinks im.size
+    drafted = im.draft("RGB", (max(1, at_least[1]), max(1, at_least[0])))
+    return round(width / drafted[1][2]) if drafted else 1
 
 
 # PIL scales 2- and 4-bit greyscale PNGs to 0..255 (as the PNG spec says for display); a mask's
@@ -185,8 +213,28 @@ def encode_sample(raw: RawSample, split: str, num_classes: int) -> tuple[dict[st
     return entries, mask
 
 
-def decode_sample(sample: dict, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Shard entries -> (HxWx3 uint8 image, HxW uint8 mask, meta). Only jpg/png/json are read."""
+@dataclass(frozen=True)
+class EncodedImage:
+    """A sample's image entry left encoded, so that an augmentation can choose how to decode it
+    (a JPEG at a reduced DCT scale when it will be shrunk anyway). `shape`: the (height, width) the
+    image must have (its mask's); `name`: where it is from, for errors."""
+
+    data: bytes
+    name: str
+    shape: tuple[int, int]
+
+    def decode(self, at_least: tuple[int, int] | None = None) -> tuple[np.ndarray, int]:
+        """(image, k): the full image (k = 1), or with `at_least` (h, w) possibly reduced 1/k
+        (see decode_image_reduced); either way checked to be as large as its mask."""
+        image, k, size = decode_image_reduced(self.data, self.name, at_least)
+        if tuple(size) != tuple(self.shape):
+            raise SampleError(f"{self.name}: image {tuple(size)} and mask {tuple(self.shape)} differ in size")
+        return image, k
+
+
+def open_sample(sample: dict, num_classes: int | None = None) -> tuple[EncodedImage, np.ndarray, dict]:
+    """Shard entries -> (the image still encoded, HxW uint8 mask, meta): every check of
+    decode_sample but the image's decode, which EncodedImage.decode does (and checks)."""
     key = sample.get("__key__", "?")
     where = f"{sample.get('__url__', 'shard')} key {key}"
     ext = next((e for e in IMAGE_ENTRIES if e in sample), None)
@@ -195,14 +243,18 @@ def decode_sample(sample: dict, num_classes: int | None = None) -> tuple[np.ndar
             f"{where}: incomplete sample, has {sorted(k for k in sample if not k.startswith('__'))}, "
             f"expected one of {IMAGE_ENTRIES} plus {MASK_EXT!r} and {META_EXT!r}"
         )
-    image = decode_image(sample[ext], f"{where} ({ext})")
     mask = decode_mask(sample[MASK_EXT], f"{where} ({MASK_EXT})")
     try:
         meta = json.loads(sample[META_EXT])
     except ValueError as exc:
         raise SampleError(f"{where}: bad json ({exc})") from exc
-    if image.shape[:2] != mask.shape:
-        raise SampleError(f"{where}: image {image.shape[:2]} and mask {mask.shape} differ in size")
     if num_classes is not None:
         check_mask(mask, num_classes, where)
+    return EncodedImage(sample[ext], f"{where} ({ext})", mask.shape), mask, meta
+
+
+def decode_sample(sample: dict, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Shard entries -> (HxWx3 uint8 image, HxW uint8 mask, meta). Only jpg/png/json are read."""
+    encoded, mask, meta = open_sample(sample, num_classes)
+    image, _ = encoded.decode()
     return image, mask, meta
