@@ -5,7 +5,7 @@
   files       shard stream vs per-file Dataset (image.jpg + mask.png) on the same VOC-like images, per worker count
   dataloader  persistent_workers / prefetch_factor / pin_memory on the shard stream, short epochs, start-up included
   memory      peak RSS of a few training steps per model; loader RSS growth over N, 4N, 16N samples
-  eval        confusion-matrix update (argmax + bincount) as a fraction of the eval forward pass
+  eval        eval-step metric work (labels + confusion updates) vs the eval forward pass, before/after issue 16
   step        SegModule under pl.Trainer vs a bare PyTorch loop (Lightning overhead)
   knobs       FCN-8s train step per model: ms/step, img/s, GFLOP/s, % of matmul peak, one knob at a time
               (channels_last, bf16, fp16, compile, cudnn_benchmark); on CUDA also VGG16 at 512x512 bf16
