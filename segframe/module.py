@@ -15,7 +15,7 @@ from segframe import losses
 from segframe.errors import ConfigError
 from segframe.inference import check_options, infer, single_pass
 from segframe.metric_names import summary_keys
-from segframe.metrics import ConfusionMatrix, PerImageScores, image_scores, scores
+from segframe.metrics import ConfusionMatrix, PerImageScores, image_scores, labels, scores
 from segframe.models.base import to_input
 
 
@@ -158,7 +158,7 @@ class SegModule(pl.LightningModule):
         images, masks = batch
         logits = self(images)
         self.log(f"{stage}/loss", self.loss(logits, masks), on_epoch=True, batch_size=images.shape[0], sync_dist=True)
-        preds = logits.argmax(1)
+        preds = labels(logits)  # = logits.argmax(1), without argmax's slow strided pass over NCHW on the CPU
         metric.update(preds, masks)
         getattr(self, f"{stage}_img_scores").update(preds, masks)  # per-image Dice/IoU beside the matrix
 
@@ -170,7 +170,7 @@ class SegModule(pl.LightningModule):
             self._eval_step(batch, self.test_cm, "test")
             return
         images, masks = batch  # averaged probabilities are not logits: no test loss for these
-        preds = self.predict_scores(images).argmax(1)
+        preds = labels(self.predict_scores(images))
         self.test_cm.update(preds, masks)
         self.test_img_scores.update(preds, masks)
 

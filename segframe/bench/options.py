@@ -6,7 +6,7 @@
               in interleaved rounds: median and min-max of the ratio
   dataloader  persistent_workers / prefetch_factor / pin_memory on the shard stream, short epochs, start-up included
   memory      peak RSS of a few training steps per model; loader RSS growth over N, 4N, 16N samples
-  eval        confusion-matrix update (argmax + bincount) as a fraction of the eval forward pass
+  eval        eval-step metric work (labels + confusion updates) vs the eval forward pass, before/after issue 16
   step        SegModule under pl.Trainer vs a bare PyTorch loop (Lightning overhead)
   knobs       FCN-8s train step per model: ms/step, img/s, GFLOP/s, % of matmul peak per setting, a knob or a
               combination (channels_last, bf16, channels_last+bf16, fp16, compile, cudnn_benchmark), in
