@@ -4,12 +4,12 @@ trained on and how, what it scored, on what hardware, and how to load its best c
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 from typing import Any
 
 from segframe.atomic import write_text_atomic
 from segframe.data.manifest import sha256_file
+from segframe.host import cpu_name
 from segframe.metric_names import SUMMARY_HEADERS, image_summary_keys, percent, summary_keys
 
 CARD = "MODEL_CARD.md"
@@ -125,18 +125,8 @@ def hardware(device_type: str = "cpu", device_count: int = 1) -> dict[str, Any]:
     if device_type == "cuda" and torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
     else:
-        device = _cpu_model()
+        device = cpu_name()
     return {"device": device, "device_count": device_count, "torch": torch.__version__}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def write_model_card(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any],

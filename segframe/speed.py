@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from segframe.errors import ConfigError
+from segframe.host import cpu_flags, cpu_name
 
 try:
     import fcntl  # POSIX: one process probes while the others (DDP ranks, sweep jobs) wait for its verdict
@@ -51,27 +51,6 @@ class Choice:
     def record(self) -> dict[str, Any]:
         """What metrics.json keeps of it."""
         return asdict(self)
-
-
-def cpu_flags() -> set[str] | None:
-    """The CPU's feature flags from /proc/cpuinfo (Linux), or None where they cannot be read."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return None
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cache_file() -> Path:

@@ -1,6 +1,0 @@
-"""Segmentation models: FCN-32s/16s/8s, dilated FCN, and segmentation_models_pytorch's families."""
-
-from segframe.models.base import SegmentationModel, load_matching_weights
-from segframe.models.fcn import FCN
-
-__all__ = ["FCN", "SegmentationModel", "load_matching_weights"]
