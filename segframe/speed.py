@@ -74,7 +74,14 @@ def _probe_net(channels_last: bool) -> tuple[torch.nn.Module, torch.optim.Optimi
 
 def probe(seconds: float = 1.0, size: int = 128, batch: int = 4) -> dict[str, float]:
     """Median ms of one training step of _probe_net: fp32 NCHW vs bf16 autocast + channels_last,
-    interleaved (a burst of load hits both), for about `seconds` after one warm-up step each."""
+    interleaved (a burst of load hits both), for about `seconds` after one warm-up step each. The
+    caller's random state is left as it was: a run that probes initialises its model as one that
+    reads the cache does."""
+    with torch.random.fork_rng(devices=[]):
+        return _probe(seconds, size, batch)
+
+
+def _probe(seconds: float, size: int, batch: int) -> dict[str, float]:
     x = torch.rand(batch, 3, size, size)
     y = torch.randint(0, 8, (batch, size // 2, size // 2))
     runs = {}

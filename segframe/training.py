@@ -37,9 +37,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     config = plain(cfg)
     resume = find_resume(cfg.resume, run_dir, config)
     run_dir = resume.run_dir if resume is not None else run_dir
+    knobs = components.speed_choice(cfg.trainer, cfg.module.channels_last)  # may probe: before seeding
     pl.seed_everything(cfg.seed, workers=True)
     check_labelled(cfg.data, ensure_converted(cfg.data), cfg.datamodule.train_split)
-    knobs = components.speed_choice(cfg.trainer, cfg.module.channels_last)
     dm = components.datamodule(cfg.data, cfg.datamodule, instantiate(cfg.augmentation.train),
                                instantiate(cfg.augmentation.eval))
     module = SegModule(

@@ -77,9 +77,13 @@ def test_a_bad_channels_last_value_is_refused():
         speed.resolve("auto", "yes", "cpu")
 
 
-def test_the_real_probe_times_both_settings(one_thread):
+def test_the_real_probe_times_both_settings_and_leaves_the_random_state(one_thread):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
     ms = speed.probe(seconds=0.1, size=32, batch=2)
     assert set(ms) == {"fp32", "bf16+channels_last"} and all(v > 0 for v in ms.values())
+    assert torch.equal(torch.rand(3), expected)  # a run that probes initialises its model as a cached one
 
 
 def test_auto_is_the_default():
