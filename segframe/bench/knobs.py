@@ -16,24 +16,6 @@ from segframe.bench.common import fmt, median, table, timed
 from segframe.bench.step import AUTOCAST, StepRow, knob_parts
 
 
-def _prepare(backbone: str, knob: str, images: torch.Tensor, masks: torch.Tensor, device: torch.device,
-             classes: int, stride: int, warmup: int, count_flops: bool) -> tuple[Callable, StepRow, float]:
-    """(the step, its row with first_s / flops filled, the last warm-up step's seconds)."""
-    row = StepRow(backbone, knob, batch=images.shape[0], size=images.shape[-1])
-    with step.cudnn_benchmark("cudnn_benchmark" in knob_parts(knob)):
-        run = step.build_step(backbone, knob, device, classes, stride)
-        warm = []
-        for i in range(max(1, warmup) + ("compile" in knob_parts(knob))):
-            if i == 0 and count_flops:
-                counted: list[int] = []
-                warm.append(timed(lambda: counted.append(step.step_flops(run, images, masks)), device))
-                row.flops = float(counted[0])
-            else:
-                warm.append(timed(lambda: run(images, masks), device))
-    row.first_s = warm[0]
-    return run, row, warm[-1]
-
-
 def _skip(backbone: str, knob: str, device: torch.device, size: int, base_ms: float, classes: int, stride: int,
           max_slowdown: float) -> str | None:
     """Why not to measure `knob`: the device lacks it, or (autocast) a small probe is too slow."""
@@ -61,7 +43,8 @@ def bench_knobs(backbones: list[str], knobs: list[str], batch: int, size: int, d
     rows: list[StepRow] = []
     for backbone in backbones:
         steps: dict[str, tuple[Callable, StepRow, float]] = {}
-        steps["baseline"] = _prepare(backbone, "baseline", images, masks, device, classes, stride, warmup, True)
+        steps["baseline"] = step.prepare(backbone, "baseline", images, masks, device, classes=classes, stride=stride,
+                                         warmup=warmup, count_flops=True)
         base_row = steps["baseline"][1]
         log(f"{backbone} baseline: {1000 * steps['baseline'][2]:.0f} ms warm-up step, "
             f"{base_row.flops / 1e9:.0f} GFLOP per step")
@@ -70,7 +53,8 @@ def bench_knobs(backbones: list[str], knobs: list[str], batch: int, size: int, d
             reason = _skip(backbone, knob, device, size, 1000 * steps["baseline"][2], classes, stride, max_slowdown)
             if reason is None:
                 try:
-                    steps[knob] = _prepare(backbone, knob, images, masks, device, classes, stride, warmup, False)
+                    steps[knob] = step.prepare(backbone, knob, images, masks, device, classes=classes, stride=stride,
+                                               warmup=warmup)
                 except Exception as exc:  # e.g. inductor failing to build: report, do not crash the run
                     message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                     model_rows.append(StepRow(backbone, knob, batch, size, status="failed",
@@ -98,7 +82,7 @@ def _time_rounds(steps: dict[str, tuple[Callable, StepRow, float]], images: torc
                  log: Callable[[str], None]) -> None:
     """Time every prepared setting in interleaved rounds; fill each row's steps, ms, img/s and the
     per-round speed-up spread (row.spread, a (min, max) pair)."""
-    counts = {k: max(min_steps, min(max_steps, int(budget_s / max(warm, 1e-9)))) for k, (_, _, warm) in steps.items()}
+    counts = {k: step.step_count(warm, min_steps, max_steps, budget_s) for k, (_, _, warm) in steps.items()}
     n_rounds = max(1, min(rounds, min(counts.values())))
     times: dict[str, list[float]] = {k: [] for k in steps}
     round_medians: dict[str, list[float]] = {k: [] for k in steps}
@@ -112,12 +96,9 @@ def _time_rounds(steps: dict[str, tuple[Callable, StepRow, float]], images: torc
         log(f"{backbone} round {r + 1}/{n_rounds}: " + ", ".join(f"{k} {1000 * round_medians[k][-1]:.0f} ms"
                                                                for k in steps))
     for knob, (_, row, _) in steps.items():
-        seconds = median(times[knob])
-        row.steps, row.ms, row.img_s = len(times[knob]), 1000 * seconds, row.batch / seconds
+        step.record_times(row, times[knob])
         ratios = [b / k for b, k in zip(round_medians["baseline"], round_medians[knob])]
         row.spread = (min(ratios), max(ratios))
-        if "compile" in knob_parts(knob):
-            row.compile_s = max(0.0, row.first_s - seconds)
 
 
 def report(rows: list[StepRow], peaks: dict[str, dict]) -> str:

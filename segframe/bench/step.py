@@ -163,12 +163,12 @@ def cudnn_benchmark(on: bool):
         torch.backends.cudnn.benchmark = old
 
 
-def measure(backbone: str, knob: str, images: torch.Tensor, masks: torch.Tensor, device: torch.device, *,
-            classes: int = 21, stride: int = 8, warmup: int = 1, max_steps: int = 20, min_steps: int = 2,
-            budget_s: float = 20.0, count_flops: bool = False) -> StepRow:
-    """One StepRow: `warmup` untimed steps (one more for torch.compile, whose first step compiles),
-    then as many timed steps as fit in `budget_s` judging by the last warm-up step, clamped to
-    [min_steps, max_steps]. With `count_flops` the first warm-up step runs under FlopCounterMode."""
+def prepare(backbone: str, knob: str, images: torch.Tensor, masks: torch.Tensor, device: torch.device, *,
+            classes: int = 21, stride: int = 8, warmup: int = 1,
+            count_flops: bool = False) -> tuple[Callable[[torch.Tensor, torch.Tensor], None], StepRow, float]:
+    """(the step, its StepRow with first_s (and flops) filled, the last warm-up step's seconds):
+    `warmup` untimed steps, one more for torch.compile, whose first step compiles. With
+    `count_flops` the first warm-up step runs under FlopCounterMode."""
     row = StepRow(backbone, knob, batch=images.shape[0], size=images.shape[-1])
     with cudnn_benchmark("cudnn_benchmark" in knob_parts(knob)):
         step = build_step(backbone, knob, device, classes, stride)
@@ -180,13 +180,33 @@ def measure(backbone: str, knob: str, images: torch.Tensor, masks: torch.Tensor,
                 row.flops = float(counted[0])
             else:
                 warm.append(timed(lambda: step(images, masks), device))
-        n = max(min_steps, min(max_steps, int(budget_s / max(warm[-1], 1e-9))))
-        times = [timed(lambda: step(images, masks), device) for _ in range(n)]
-    row.steps, row.first_s = n, warm[0]
+    row.first_s = warm[0]
+    return step, row, warm[-1]
+
+
+def step_count(warm_s: float, min_steps: int, max_steps: int, budget_s: float) -> int:
+    """Timed steps that fit in `budget_s` judging by a warm-up step, clamped to [min_steps, max_steps]."""
+    return max(min_steps, min(max_steps, int(budget_s / max(warm_s, 1e-9))))
+
+
+def record_times(row: StepRow, times: list[float]) -> None:
+    """Fill `row`'s steps, ms, img/s (and compile_s) from its timed steps' seconds."""
     seconds = median(times)
-    row.ms, row.img_s = 1000 * seconds, row.batch / seconds
-    if "compile" in knob_parts(knob):
-        row.compile_s = max(0.0, warm[0] - seconds)
+    row.steps, row.ms, row.img_s = len(times), 1000 * seconds, row.batch / seconds
+    if "compile" in knob_parts(row.knob):
+        row.compile_s = max(0.0, row.first_s - seconds)
+
+
+def measure(backbone: str, knob: str, images: torch.Tensor, masks: torch.Tensor, device: torch.device, *,
+            classes: int = 21, stride: int = 8, warmup: int = 1, max_steps: int = 20, min_steps: int = 2,
+            budget_s: float = 20.0, count_flops: bool = False) -> StepRow:
+    """One StepRow: prepare()'s warm-up, then step_count() timed steps."""
+    step, row, warm = prepare(backbone, knob, images, masks, device, classes=classes, stride=stride, warmup=warmup,
+                              count_flops=count_flops)
+    with cudnn_benchmark("cudnn_benchmark" in knob_parts(knob)):
+        times = [timed(lambda: step(images, masks), device)
+                 for _ in range(step_count(warm, min_steps, max_steps, budget_s))]
+    record_times(row, times)
     return row
 
 
