@@ -148,6 +148,13 @@ class SegModule(pl.LightningModule):
         if datamodule is not None and hasattr(datamodule, "set_epoch"):
             datamodule.set_epoch(self.current_epoch)
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """SegDataModule's masks travel as uint8 (8x fewer bytes through the loader and to the GPU):
+        widened here, on the device, to the int64 targets the losses index with."""
+        if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor):
+            return batch[0], batch[1].long()
+        return batch
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, masks = batch
         loss = self.loss(self._train_forward(images), masks)

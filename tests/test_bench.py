@@ -96,7 +96,8 @@ def test_file_dataset_yields_the_shards_pairs(voc_like):
     from_files = list(loader.FileDataset(items, None, len(manifest["classes"])))
     assert len(from_shards) == len(from_files) == 6
     for (si, sm), (fi, fm) in zip(from_shards, from_files):
-        assert si.shape == (3, 375, 500) and torch.equal(si, fi) and torch.equal(sm, fm)
+        assert si.shape == (3, 375, 500) and torch.equal(si, fi) and torch.equal(sm.long(), fm)
+        assert sm.dtype == torch.uint8 and fm.dtype == torch.int64  # the shard stream widens on the device
 
 
 def test_files_and_dataloader_parts(voc_like):

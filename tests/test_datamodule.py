@@ -65,13 +65,38 @@ def test_train_epoch_length_is_equal_on_every_rank(tiny_shapes):
     assert counts == [2, 2, 2]
 
 
-def test_batches_are_uint8_images_and_int64_masks(tiny_shapes):
+def test_batches_are_uint8_images_and_uint8_masks_widened_on_the_device(tiny_shapes):
     dm = SegDataModule(str(tiny_shapes), default_train(crop_size=40), identity(), batch_size=4, num_workers=0)
     images, masks = next(iter(dm.train_dataloader()))
-    assert images.dtype == torch.uint8 and images.shape == (4, 3, 40, 40)
-    assert masks.dtype == torch.int64 and masks.shape == (4, 40, 40)
+    assert images.dtype == torch.uint8 and images.shape == (4, 3, 40, 40) and images.is_contiguous()
+    assert masks.dtype == torch.uint8 and masks.shape == (4, 40, 40)
     values = set(masks.unique().tolist())
     assert values <= set(range(6)) | {IGNORE_INDEX}
+    # what Lightning calls after moving a batch to the device: the int64 targets losses index with
+    import functools
+
+    from segframe.models.fcn import FCN
+    from segframe.module import SegModule
+
+    module = SegModule(FCN(6, 32, "resnet18"), functools.partial(torch.optim.SGD, lr=0.01), None, dm.classes,
+                       dm.palette)
+    wide_images, wide = module.on_after_batch_transfer((images, masks), 0)
+    assert wide_images is images and wide.dtype == torch.int64 and torch.equal(wide, masks.long())
+
+
+def test_stream_samples_share_the_augmented_arrays_memory():
+    """as_tensors copies only what torch cannot share: a flipped view (negative strides), read-only memory."""
+    from segframe.data.datamodule import as_tensors
+
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    mask = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    t_image, t_mask = as_tensors(image, mask)
+    assert t_image.shape == (3, 2, 3) and np.shares_memory(t_image.numpy(), image)
+    assert torch.equal(t_image, torch.from_numpy(image.transpose(2, 0, 1).copy()))
+    flipped, readonly = mask[:, ::-1], mask.copy()
+    readonly.flags.writeable = False
+    assert torch.equal(as_tensors(image[:, ::-1], flipped)[1], torch.from_numpy(flipped.copy()))
+    assert not np.shares_memory(as_tensors(image, readonly)[1].numpy(), readonly)
 
 
 def test_missing_shards_name_the_convert_command(tmp_path):

@@ -20,21 +20,25 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from segframe.bench.common import fmt, table
 from segframe.data.datamodule import ShardStream, TrainStream, pad_collate
-from segframe.data.sample import check_mask, decode_image, decode_mask
+from segframe.data.sample import check_mask, decode_mask
 from segframe.data.manifest import read_manifest, shard_urls
 
 Item = tuple[str, str, str]  # (id, image path, mask path), as the converters' items
 
 
 class FileDataset(Dataset):
-    """The usual per-file map-style dataset: `items[i]` names an image file and its mask file,
-    read and decoded in __getitem__ (with the shards' decoders, so both yield identical arrays),
-    labels checked, then its joint augmentation (in bench_files: the plain albumentations chain of the
-    shard stream's augmentation distribution)."""
+    """The usual per-file map-style dataset, the yardstick of bench_files: written as torchvision
+    writes one (datasets.VOCSegmentation opens `Image.open(image).convert("RGB")` and the mask as its
+    palette indices; the segmentation reference then makes the target `torch.as_tensor(...,
+    dtype=torch.int64)`), with an albumentations chain on the numpy arrays and labels checked (the
+    shard stream checks them too). It decodes with PIL, not segframe's decode_image, so that what
+    segframe does to read faster counts for the shards and not for the yardstick; the arrays are the
+    same (tests/test_bench.py)."""
 
     def __init__(self, items: list[Item], transform: Callable[..., dict] | None = None,
                  num_classes: int | None = None):
@@ -45,15 +49,16 @@ class FileDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         _, image_path, mask_path = self.items[index]
-        image = decode_image(Path(image_path).read_bytes(), image_path)
-        mask = decode_mask(Path(mask_path).read_bytes(), mask_path)
+        with Image.open(image_path) as im:
+            image = np.asarray(im.convert("RGB"))
+        mask = decode_mask(Path(mask_path).read_bytes(), mask_path)  # np.asarray(Image.open(mask)) for P/L PNGs
         if self.num_classes is not None:
-            check_mask(mask, self.num_classes, mask_path)  # the shard stream checks labels too
+            check_mask(mask, self.num_classes, mask_path)
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         return (torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-                torch.from_numpy(mask.astype(np.int64)))
+                torch.as_tensor(mask, dtype=torch.int64))
 
 
 def _seed_worker(worker_id: int) -> None:
