@@ -179,3 +179,25 @@ def test_a_mask_and_image_of_different_sizes_name_the_sample():
     encoded = EncodedImage(_jpeg(_smooth_image((40, 50))), "shard-0.tar key a (jpg)", (40, 60))
     with pytest.raises(Exception, match="shard-0.tar key a.*differ in size"):
         default_train(32).apply_encoded(encoded, np.zeros((40, 60), np.uint8))
+
+
+@pytest.mark.parametrize("make", [lambda p: default_train(48, hflip=p, color_jitter=0),
+                                  lambda p: seed_train(48, hflip=p)], ids=["default_train", "seed_train"])
+def test_flip_is_albumentations_flip_of_the_same_window_at_its_rate(make):
+    """hflip=1 gives HorizontalFlip(p=1) of exactly what hflip=0 gives for the same seed (the flip is
+    not drawn at 0 or 1); hflip=0.5 flips at its rate (binomial, 4 sigma over 2000 draws)."""
+    image, mask = _smooth_image(SHAPE), np.random.default_rng(0).integers(0, 6, SHAPE, dtype=np.uint8)
+    never, always = make(0.0), make(1.0)
+    never.set_random_seed(5)
+    always.set_random_seed(5)
+    flip = A.HorizontalFlip(p=1.0)
+    for _ in range(20):
+        plain, flipped = never(image=image, mask=mask), always(image=image, mask=mask)
+        assert flipped["flipped"] and not plain["flipped"] and flipped["window"] == plain["window"]
+        expected = flip(image=plain["image"], mask=plain["mask"])
+        np.testing.assert_array_equal(flipped["image"], expected["image"])
+        np.testing.assert_array_equal(flipped["mask"], expected["mask"])
+    half = make(0.5)
+    half.set_random_seed(7)
+    flips = sum(half(image=image, mask=mask)["flipped"] for _ in range(2000))
+    assert abs(flips - 1000) < 4 * (2000 * 0.25) ** 0.5

@@ -57,7 +57,7 @@ def default_train(
     if color_jitter > 0:
         jitter = [A.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, p=color_jitter)]
     if not reference:
-        return WindowedScaleCrop((h, w), scale, random_crop=True, post=A.Compose([*_flip(hflip), *jitter]))
+        return WindowedScaleCrop((h, w), scale, random_crop=True, hflip=hflip, post=A.Compose(jitter))
     return A.Compose(
         [
             _random_scale(scale),
@@ -79,7 +79,7 @@ def seed_train(
     `reference`: the plain albumentations chain instead of the windowed one."""
     h, w = _size(crop_size)
     if not reference:
-        return WindowedScaleCrop((h, w), scale, random_crop=False, post=A.Compose(_flip(hflip)))
+        return WindowedScaleCrop((h, w), scale, random_crop=False, hflip=hflip)
     return A.Compose(
         [
             _random_scale(scale),

@@ -129,23 +129,30 @@ def _pad(out: np.ndarray, window: Window, fill: int) -> np.ndarray:
 
 
 class WindowedScaleCrop:
-    """Random scale, centred pad, random (or centre) crop, computed on the crop window only, then
-    `post` (flips, colour jitter) on the crop. Called like an albumentations Compose
-    (`t(image=, mask=)` -> dict) on decoded arrays; `apply_encoded` takes the image still encoded.
-    The returned dict also holds the draw under "window"."""
+    """Random scale, centred pad, random (or centre) crop, computed on the crop window only, a
+    horizontal flip with probability `hflip`, then `post` (colour jitter) on the crop. Called like an
+    albumentations Compose (`t(image=, mask=)` -> dict) on decoded arrays; `apply_encoded` takes the
+    image still encoded. The returned dict also holds the draw under "window" and "flipped".
+
+    The flip is cv2.flip, as albumentations' HorizontalFlip does it, drawn here rather than by a
+    Compose around it: the Compose's own bookkeeping cost 0.1 ms of a 0.17 ms flip per sample."""
 
     def __init__(self, crop_size: tuple[int, int], scale: Sequence[float], random_crop: bool = True,
-                 post: A.Compose | None = None, seed: int | None = None):
+                 post: A.Compose | None = None, seed: int | None = None, hflip: float = 0.0):
         if not 0 < float(scale[0]) <= float(scale[1]):
             raise ValueError(f"augmentation scale: expected 0 < low <= high, got {list(scale)}")
+        if not 0.0 <= float(hflip) <= 1.0:
+            raise ValueError(f"augmentation hflip: expected a probability in [0, 1], got {hflip}")
         self.crop, self.scale, self.random_crop = (int(crop_size[0]), int(crop_size[1])), tuple(scale), random_crop
-        self.post = post if post is not None else A.Compose([])
+        self.hflip = float(hflip)
+        self.post = post if post is not None and post.transforms else None
         self.rng = random.Random(seed)
 
     def set_random_seed(self, seed: int) -> None:
         """Own streams for the window and for `post` (ShardStream gives each worker a seed)."""
         self.rng.seed(seed)
-        self.post.set_random_seed((seed + 1) % 2**31)
+        if self.post is not None:
+            self.post.set_random_seed((seed + 1) % 2**31)
 
     def sample(self, source: tuple[int, int]) -> Window:
         return sample_window(self.rng, source, self.crop, self.scale, self.random_crop)
@@ -161,6 +168,12 @@ class WindowedScaleCrop:
         return self._finish(crop_image(image, window, k), mask, window)
 
     def _finish(self, image: np.ndarray, mask: np.ndarray, window: Window) -> dict:
-        out = self.post(image=image, mask=crop_mask(mask, window))
-        out["window"] = window
+        mask = crop_mask(mask, window)
+        # drawn after the window, and only when it can go either way, so hflip=0 and hflip=1 leave
+        # the window stream as it is
+        flipped = self.hflip >= 1.0 or (self.hflip > 0.0 and self.rng.random() < self.hflip)
+        if flipped:
+            image, mask = cv2.flip(image, 1), cv2.flip(mask, 1)
+        out = self.post(image=image, mask=mask) if self.post is not None else {"image": image, "mask": mask}
+        out.update(window=window, flipped=flipped)
         return out
