@@ -117,8 +117,7 @@ class SegModule(pl.LightningModule):
         return self.model(self._input(images))
 
     def _input(self, images: torch.Tensor) -> torch.Tensor:
-        x = to_input(images)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return to_input(images, torch.channels_last if self.channels_last else torch.contiguous_format)
 
     def _train_forward(self, images: torch.Tensor) -> torch.Tensor:
         if not self.torch_compile:

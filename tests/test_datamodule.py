@@ -68,7 +68,8 @@ def test_train_epoch_length_is_equal_on_every_rank(tiny_shapes):
 def test_batches_are_uint8_images_and_uint8_masks_widened_on_the_device(tiny_shapes):
     dm = SegDataModule(str(tiny_shapes), default_train(crop_size=40), identity(), batch_size=4, num_workers=0)
     images, masks = next(iter(dm.train_dataloader()))
-    assert images.dtype == torch.uint8 and images.shape == (4, 3, 40, 40) and images.is_contiguous()
+    assert images.dtype == torch.uint8 and images.shape == (4, 3, 40, 40)
+    assert images.is_contiguous(memory_format=torch.channels_last)  # as the samples: no transpose while batching
     assert masks.dtype == torch.uint8 and masks.shape == (4, 40, 40)
     values = set(masks.unique().tolist())
     assert values <= set(range(6)) | {IGNORE_INDEX}
@@ -154,3 +155,30 @@ def test_lightning_fit_reshuffles_every_epoch(tiny_shapes, monkeypatch):
     pl.Trainer(max_epochs=3, limit_val_batches=1, logger=False, enable_checkpointing=False,
                enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0).fit(module, datamodule=dm)
     assert seen == [0, 1, 2]
+
+
+def test_pad_collate_keeps_each_layout_and_pads_both():
+    """Channels-last samples (ShardStream) batch channels-last, contiguous CHW samples (a per-file
+    Dataset) batch contiguous; the values are the same either way, padding 0 / IGNORE_INDEX."""
+    rng = np.random.default_rng(0)
+    hwc = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((5, 7), (6, 4))]
+    masks = [rng.integers(0, 6, a.shape[:2], dtype=np.uint8) for a in hwc]
+    views = pad_collate([(torch.from_numpy(a).permute(2, 0, 1), torch.from_numpy(m)) for a, m in zip(hwc, masks)])
+    planar = pad_collate([(torch.from_numpy(a.transpose(2, 0, 1).copy()), torch.from_numpy(m))
+                          for a, m in zip(hwc, masks)])
+    assert views[0].is_contiguous(memory_format=torch.channels_last) and planar[0].is_contiguous()
+    assert views[0].shape == planar[0].shape == (2, 3, 6, 7)
+    assert torch.equal(views[0], planar[0]) and torch.equal(views[1], planar[1])
+    assert views[0][1, :, :, 4:].eq(0).all() and views[1][0, 5:].eq(IGNORE_INDEX).all()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_model_input_has_the_asked_layout_whatever_the_batch_has(channels_last):
+    from segframe.models.base import to_input
+
+    batch = torch.randint(0, 256, (2, 5, 6, 3), dtype=torch.uint8).permute(0, 3, 1, 2)  # as pad_collate's
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = to_input(batch, fmt)
+    assert x.dtype == torch.float32 and x.is_contiguous(memory_format=fmt)
+    assert torch.equal(x, batch.float() / 255.0)
+    assert to_input(x, torch.contiguous_format).is_contiguous()

@@ -89,16 +89,17 @@ def shard_loader(stream: ShardStream, batch: int, workers: int, **kwargs: Any) -
     return DataLoader(stream, batch_size=batch, num_workers=workers, collate_fn=pad_collate, **kwargs)
 
 
-def voc_like_data(root: Path, num_images: int, shard_size: int = 100) -> tuple[Path, list[Item]]:
-    """A generated VOC tree (500x375 JPEG + palette PNG, ~100 KiB per pair) and the same images as
-    shards (split "all", converted by the `voc` converter: file bytes kept as they are).
+def voc_like_data(root: Path, num_images: int, shard_size: int = 100,
+                  size: tuple[int, int] = (375, 500)) -> tuple[Path, list[Item]]:
+    """A generated VOC tree (JPEG + palette PNG; at the default 375x500, ~100 KiB per pair) and the
+    same images as shards (split "all", converted by the `voc` converter: file bytes kept as they are).
     Returns (shard dir, per-file items in the shards' order)."""
     from segframe.bench.synthetic import write_voc_tree
     from segframe.data.shard_writer import write_dataset
     from segframe.data.sources.voc import CLASSES, PALETTE, VOCSource, voc_item
 
     raw = root / "raw"
-    write_voc_tree(raw, num_images)
+    write_voc_tree(raw, num_images, size)
     voc_root = raw / "VOCdevkit" / "VOC2012"
     ids = sorted(p.stem for p in (voc_root / "JPEGImages").iterdir())
     (voc_root / "ImageSets/Segmentation/all.txt").write_text("".join(f"{i}\n" for i in ids))

@@ -81,7 +81,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--seconds", type=float, default=4.0, help="measuring time per loader setting")
     g.add_argument("--crop", type=int, default=320, help="augmentation crop for files/dataloader")
     g.add_argument("--loader-batch", type=int, default=8)
-    g.add_argument("--files-images", type=int, default=400, help="generated VOC-like images (500x375)")
+    g.add_argument("--files-images", type=int, default=400, help="generated VOC-like images")
+    g.add_argument("--files-size", default="375x500",
+                   help="HxW of the generated images (VOC's 375x500; e.g. 1024x2048 for Cityscapes-size photos)")
     g.add_argument("--files-rounds", type=int, default=5,
                    help="files: interleaved rounds (each measures shards and files at every worker count)")
     g.add_argument("--dl-workers", type=int, default=2)

@@ -25,8 +25,9 @@ def _voc_like(args: argparse.Namespace, tmp: Path) -> tuple[Path, list]:
 
     cache = getattr(args, "_voc_like", None)
     if cache is None:
-        _progress(f"generating {args.files_images} VOC-like images and their shards")
-        cache = args._voc_like = voc_like_data(tmp / "voc_like", args.files_images)
+        size = height_width(args.files_size)
+        _progress(f"generating {args.files_images} VOC-like {size[1]}x{size[0]} images and their shards")
+        cache = args._voc_like = voc_like_data(tmp / "voc_like", args.files_images, size=size)
     return cache
 
 
@@ -56,13 +57,15 @@ def files(args: argparse.Namespace, tmp: Path) -> str:
     shard_dir, items = _voc_like(args, tmp)
     rows = bench_files(shard_dir, items, args.crop, args.loader_batch, ints(args.workers), args.seconds,
                        args.files_rounds)
-    return (f"{len(items)} VOC-like 500x375 JPEG + palette PNG pairs (page cache), default_train's distribution "
+    h, w = height_width(args.files_size)
+    return (f"{len(items)} VOC-like {w}x{h} JPEG + palette PNG pairs (page cache), default_train's distribution "
             f"(scale 0.5-2, pad, crop {args.crop}, flip, colour jitter), batch {args.loader_batch}, "
             f"{args.files_rounds} interleaved rounds of {args.seconds:g} s per setting (whole epochs; the first "
             f"batch, i.e. the first worker start-up, not counted)\n  shards: TrainStream (shuffle buffer 64) as "
-            f"SegDataModule builds it, windowed scale-pad-crop (JPEG decoded at 1/2..1/8 when the scale is "
-            f"<= 1/2); files: map-style Dataset opening JPEGImages/ID.jpg + SegmentationClass/ID.png, "
-            f"shuffle=True, the albumentations chain (resize whole image, pad, crop)\n"
+            f"SegDataModule builds it: JPEGs decoded by simplejpeg (at 1/2..1/8 when the scale is <= 1/2), "
+            f"the windowed scale-pad-crop and flip, uint8 masks, channels-last batches; files: map-style Dataset opening JPEGImages/ID.jpg + SegmentationClass/ID.png, "
+            f"shuffle=True, decoded as torchvision's VOCSegmentation does (PIL, int64 target), the albumentations "
+            f"chain (resize whole image, pad, crop)\n"
             f"  rates: medians over the rounds; shards / files: median of the rounds' ratios, min-max their "
             f"spread\n" + report_files(rows))
 

@@ -26,24 +26,24 @@ def write_sbd_mat(path: str | Path, seg: np.ndarray) -> None:
                                            "CategoriesPresent": present}}, do_compression=True)
 
 
-def _voc_pair(args: tuple[Path, str, int]) -> int:
-    """One VOC-like image (500x375 JPEG of smooth regions, edges and sensor noise, ~VOC's file
-    size) and its palette PNG label with a void outline; returns the bytes written."""
+def _voc_pair(args: tuple[Path, str, int, tuple[int, int]]) -> int:
+    """One VOC-like image (a JPEG of smooth regions, edges and sensor noise: at VOC's 500x375, ~VOC's
+    file size) and its palette PNG label with a void outline; returns the bytes written."""
     from PIL import Image, ImageDraw, ImageFilter
 
     from segframe.data.sources.voc import PALETTE
 
-    base, image_id, seed = args
+    base, image_id, seed, (h, w) = args
     rng = np.random.default_rng(seed)
-    w, h = 500, 375
-    small = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)  # scene texture: ~100 KiB JPEGs like VOC's
+    k = w / 500  # objects and texture grow with the image
+    small = rng.integers(0, 256, (round(96 * k), round(128 * k), 3), dtype=np.uint8)  # ~100 KiB at 500x375
     image = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
     label = Image.new("P", (w, h), 0)
     label.putpalette([c for colour in PALETTE for c in colour] + [224, 224, 192] * (256 - len(PALETTE)))
     draw_image, draw_label = ImageDraw.Draw(image), ImageDraw.Draw(label)
     for _ in range(int(rng.integers(1, 4))):
-        x0, y0 = int(rng.integers(0, w - 120)), int(rng.integers(0, h - 100))
-        box = [x0, y0, x0 + int(rng.integers(60, 200)), y0 + int(rng.integers(60, 200))]
+        x0, y0 = int(rng.integers(0, w - round(120 * k))), int(rng.integers(0, h - round(100 * k)))
+        box = [x0, y0, x0 + int(rng.integers(60, 200) * k), y0 + int(rng.integers(60, 200) * k)]
         cls = int(rng.integers(1, len(PALETTE)))
         draw_image.ellipse(box, fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
         draw_label.ellipse(box, fill=cls, outline=255, width=5)  # VOC's 5-px void border
@@ -59,10 +59,11 @@ def _voc_pair(args: tuple[Path, str, int]) -> int:
     return jpg.stat().st_size + png.stat().st_size
 
 
-def write_voc_tree(root: Path, num_images: int) -> int:
+def write_voc_tree(root: Path, num_images: int, size: tuple[int, int] = (375, 500)) -> int:
     """`root/VOCdevkit/VOC2012` of generated images, and `root/benchmark_RELEASE/dataset` with SBD
     labels for the same images, in roughly VOC-aug's proportions (VOC lists 24% of the images, SBD
-    88%; real: 2913 and 11355 of 12031). Returns the VOC tree's raw bytes (images + labels)."""
+    88%; real: 2913 and 11355 of 12031). `size`: (height, width) of every image, VOC-like 375x500 by
+    default. Returns the VOC tree's raw bytes (images + labels)."""
     import multiprocessing as mp
 
     base, sbd = root / "VOCdevkit" / "VOC2012", root / "benchmark_RELEASE" / "dataset"
@@ -77,4 +78,4 @@ def write_voc_tree(root: Path, num_images: int) -> int:
     for path, listed in lists.items():
         path.write_text("".join(f"{i}\n" for i in listed))
     with mp.get_context("fork").Pool(os.cpu_count()) as pool:
-        return sum(pool.map(_voc_pair, [(base, i, n) for n, i in enumerate(ids)], chunksize=16))
+        return sum(pool.map(_voc_pair, [(base, i, n, size) for n, i in enumerate(ids)], chunksize=16))

@@ -26,10 +26,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 OUTPUT_STRIDES = (8, 16)  # the choices of a dilated backbone (fcn_dilated, DeepLabV3/V3+)
 
 
-def to_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [B,3,H,W] from the loader -> float in [0,1]; the model normalises further (its mean/std).
-    The one conversion training, evaluation and the bench use."""
-    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+def to_input(images: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """uint8 [B,3,H,W] from the loader -> float in [0,1] in `memory_format` (the loader's batches are
+    channels-last; a model runs in the layout it was asked for, whatever layout came in); the model
+    normalises further (its mean/std). The one conversion training, evaluation and the bench use."""
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32, memory_format=memory_format).div_(255.0)
+    return images.contiguous(memory_format=memory_format)
 
 
 class SegmentationModel(nn.Module):
