@@ -61,10 +61,24 @@ def test_compile_without_compiler_is_skipped_and_a_failing_knob_is_reported(monk
     assert math.isnan(rows[0].pct_peak)  # no peak given: no percentage
 
 
-def test_slow_knob_is_skipped_with_the_probe_figures(monkeypatch):
+def test_slow_knob_is_skipped_with_the_probe_figures_where_flags_do_not_tell(monkeypatch):
     monkeypatch.setattr(step, "probe_slowdown", lambda *a, **k: (10.0, 1.0))
+    monkeypatch.setattr(knobs, "cpu_flags", lambda: None)  # e.g. macOS: no /proc/cpuinfo
     rows = knobs.bench_knobs(["resnet18"], ["bf16"], 2, 64, CPU, {}, max_steps=1, min_steps=1, budget_s=0)
     assert rows[1].status == "skipped" and "10.0x the baseline" in rows[1].reason
+
+
+@pytest.mark.parametrize("flags, skipped", [({"avx2"}, True), ({"avx2", "avx512_bf16"}, False), ({"amx_bf16"}, False)])
+def test_bf16_on_a_cpu_is_decided_by_its_bf16_units_not_a_small_probe(monkeypatch, flags, skipped):
+    """A small probe misjudges native bf16 (fixed costs dominate at size/4): with bf16 units the setting is
+    measured whatever the probe says; without them it is skipped without probing (emulated bf16)."""
+    monkeypatch.setattr(step, "probe_slowdown", lambda *a, **k: pytest.fail("probed"))
+    monkeypatch.setattr(knobs, "cpu_flags", lambda: flags)
+    rows = knobs.bench_knobs(["resnet18"], ["channels_last+bf16"], 2, 64, CPU, {}, max_steps=1, min_steps=1,
+                             budget_s=0)
+    assert (rows[1].status == "skipped") == skipped
+    if skipped:
+        assert "CPU without bf16 units" in rows[1].reason and "--max-slowdown 0" in rows[1].reason
 
 
 def test_matmul_peak_and_machine():

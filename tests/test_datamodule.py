@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from segframe.data.augment import default_train, identity
-from segframe.data.datamodule import SegDataModule, ShardStream, TrainStream, pad_collate
+from segframe.data.batch import pad_collate
+from segframe.data.datamodule import SegDataModule, ShardStream, TrainStream
 from segframe.data.sample import IGNORE_INDEX
 from segframe.data.shards import read_manifest, shard_urls
 
@@ -87,7 +88,7 @@ def test_batches_are_uint8_images_and_uint8_masks_widened_on_the_device(tiny_sha
 
 def test_stream_samples_share_the_augmented_arrays_memory():
     """as_tensors copies only what torch cannot share: a flipped view (negative strides), read-only memory."""
-    from segframe.data.datamodule import as_tensors
+    from segframe.data.batch import as_tensors
 
     image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
     mask = np.arange(6, dtype=np.uint8).reshape(2, 3)
