@@ -31,6 +31,7 @@ class ResumePoint:
     path: Path        # the checkpoint
     run_dir: Path     # the run it continues: logs, checkpoints and report go there
     step: int         # optimizer steps completed; logs at this step and later are logged again
+    speed_knobs: dict[str, Any] | None = None  # the precision and layout it trained with (speed.Choice.record())
 
 
 def find_resume(resume: str | None, run_dir: Path, config: dict[str, Any]) -> ResumePoint | None:
@@ -73,7 +74,8 @@ def find_resume(resume: str | None, run_dir: Path, config: dict[str, Any]) -> Re
         log.warning("resuming with settings that differ from the run's own: %s%s", "; ".join(changed),
                     " (the LR schedule continues as the run set it up: past its old end a poly schedule stays at 0)"
                     if longer else "")
-    return ResumePoint(path=path, run_dir=owner, step=step)
+    knobs = ckpt.get("speed_knobs")
+    return ResumePoint(path=path, run_dir=owner, step=step, speed_knobs=dict(knobs) if knobs else None)
 
 
 def _clean(folder: Path) -> None:

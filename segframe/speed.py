@@ -180,6 +180,22 @@ def resolve(precision: Any, channels_last: Any, device_type: str) -> Choice:
     return chosen
 
 
+def changed_since(recorded: dict[str, Any] | None, chosen: Choice) -> str | None:
+    """For a resumed run: how this session's knobs differ from those its checkpoint trained with
+    (`recorded`: that run's Choice.record()), as a sentence with the settings that keep the old ones;
+    None when they agree or the checkpoint recorded none. `auto` chooses again on every start, so a
+    run moved to another machine continues in what is fast there rather than in an emulated bf16."""
+    if not recorded:
+        return None
+    before = (str(recorded.get("precision")), bool(recorded.get("channels_last")))
+    if before == (chosen.precision, chosen.channels_last):
+        return None
+    return (f"this run trained with trainer.precision={before[0]} module.channels_last={str(before[1]).lower()} "
+            f"({recorded.get('reason', '')}); it continues with trainer.precision={chosen.precision} "
+            f"module.channels_last={str(chosen.channels_last).lower()} ({chosen.reason}). Resume with "
+            f"trainer.precision={before[0]} module.channels_last={str(before[1]).lower()} to keep the run's own")
+
+
 def device_type(accelerator: Any) -> str:
     """The device a Trainer with `accelerator` (auto | cpu | gpu | cuda | ...) trains on."""
     accelerator = str(accelerator or AUTO).lower()

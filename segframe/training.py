@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from segframe import components
+from segframe import components, speed
 from segframe.checkpointing import LAST, Requeued, RunConfig, resumable
 from segframe.config import ConfigError, check_keys, plain
 from segframe.data.manifest import split_info
@@ -38,6 +38,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     resume = find_resume(cfg.resume, run_dir, config)
     run_dir = resume.run_dir if resume is not None else run_dir
     knobs = components.speed_choice(cfg.trainer, cfg.module.channels_last)  # may probe: before seeding
+    moved = speed.changed_since(resume.speed_knobs, knobs) if resume is not None else None
+    if moved:
+        log.warning("resuming: %s", moved)
     pl.seed_everything(cfg.seed, workers=True)
     check_labelled(cfg.data, ensure_converted(cfg.data), cfg.datamodule.train_split)
     dm = components.datamodule(cfg.data, cfg.datamodule, instantiate(cfg.augmentation.train),

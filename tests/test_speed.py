@@ -131,6 +131,26 @@ def test_eval_at_auto_uses_the_precision_the_checkpoint_trained_in(monkeypatch):
     assert eval_speed_choice(auto, {}, False).reason.startswith("auto: this machine")  # nothing recorded: the device's choice
 
 
+def test_a_resume_says_when_auto_chooses_other_knobs_than_the_run_trained_with(tmp_path):
+    """auto chooses again at every start (a run moved to a machine without bf16 units must not go on in
+    emulated bf16); when that differs from what the checkpoint recorded, the resume says so and how to keep it."""
+    from segframe.resume import find_resume
+
+    recorded = {"precision": "bf16-mixed", "channels_last": True, "reason": "auto: CPU with bf16 units"}
+    here = speed.Choice("32-true", False, "auto: CPU without bf16 units")
+    message = speed.changed_since(recorded, here)
+    assert "trained with trainer.precision=bf16-mixed module.channels_last=true" in message
+    assert "continues with trainer.precision=32-true module.channels_last=false" in message
+    assert message.endswith("Resume with trainer.precision=bf16-mixed module.channels_last=true to keep the run's own")
+    assert speed.changed_since(recorded, speed.Choice("bf16-mixed", True, "elsewhere")) is None
+    assert speed.changed_since(None, here) is None  # a checkpoint from before auto recorded nothing
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    torch.save({"loops": {"fit_loop": {"epoch_progress": {"current": {"processed": 1}}}}, "global_step": 4,
+                "speed_knobs": recorded}, ckpts / "last.ckpt")
+    assert find_resume(str(ckpts / "last.ckpt"), tmp_path, {}).speed_knobs == recorded
+
+
 @pytest.mark.slow
 def test_the_bf16_choice_trains_shapes_like_fp32(tmp_path):
     """What auto picks on bf16 hardware (bf16 autocast + channels_last) against fp32 NCHW: the quickstart
