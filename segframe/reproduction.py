@@ -75,8 +75,10 @@ def train_run(name: str, seed: int, out: Path, overrides: list[str], log: Any = 
     return {"seed": seed, "ok": True, "run_dir": str(run_dir), "wall_s": wall,
             "git_commit": metrics.get("git_commit"), "steps": metrics.get("steps"),
             "init_from": extra[0].split("=", 1)[1] if extra else None, **{k: metrics.get(k) for k in METRICS},
-            # what the model costs (README "Model comparison"); absent from runs made before they were recorded
-            **{k: metrics.get(k) for k in SIZE_KEYS if k in metrics}}
+            # what the model costs (README "Model comparison"), and the precision and layout it trained in
+            # (trainer.precision / module.channels_last, `auto` resolved); absent from runs made before they
+            # were recorded
+            **{k: metrics.get(k) for k in (*SIZE_KEYS, "speed_knobs") if k in metrics}}
 
 
 def seeds_to_run(text: str | None, reference: DictConfig | None) -> list[int]:

@@ -94,6 +94,7 @@ def test_reproduce_trains_the_chain_records_and_judges(tmp_path):
     result = json.loads((folder / "results" / "tiny16.json").read_text())
     assert result["seeds"] == [0] and result["metrics"]["miou"]["within"] is True
     assert result["runs"][0]["ok"] and result["machine"]["cpus"] >= 1
+    assert result["runs"][0]["speed_knobs"]["precision"] in ("32-true", "bf16-mixed")  # what each seed trained in
     assert "miou" in res.stdout and "reported" in res.stdout
     assert result["runs"][0]["init_from"] == str(parent_ckpt)
     # a second run reuses the finished stage instead of retraining it; other overrides do not

@@ -111,8 +111,9 @@ def _turbo_rgb(data: bytes, shape: tuple[int, int]) -> np.ndarray | None:
     its conversion to numpy (tobytes) costs as much again, ~0.8 ms for 500x375. Same library and
     settings as PIL's (accurate integer DCT, fancy upsampling), so the pixels are PIL's
     (tests/test_sample_decode.py). `strict` refuses every stream libjpeg merely warns about: those,
-    and anything else that fails, go to PIL, which raises for what it cannot read and accepts what
-    it accepts today, so no JPEG is refused or accepted that PIL would not."""
+    and anything else that fails, go to PIL, which raises for what it cannot read and decodes what
+    it decodes today. simplejpeg is the stricter of the two: of 2000 randomly corrupted JPEGs it
+    accepted none that PIL refused (the tests repeat this on 120)."""
     try:
         image = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
     except Exception:  # noqa: BLE001 (PIL decides and names the problem)
