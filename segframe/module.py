@@ -138,21 +138,15 @@ class SegModule(pl.LightningModule):
         return single_pass(**self.inference)
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """The configured loss (segframe.losses; ignore 255 honoured, all-ignore gives 0)."""
-        return self.criterion(logits, masks)
+        """The configured loss (segframe.losses; ignore 255 honoured, all-ignore gives 0). SegDataModule
+        widens its uint8 masks on the device; masks from its loaders used without it are widened here."""
+        return self.criterion(logits, masks.long())
 
     def on_train_epoch_start(self) -> None:
         # reshuffle shards and samples: workers are restarted each epoch with this value
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "set_epoch"):
             datamodule.set_epoch(self.current_epoch)
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """SegDataModule's masks travel as uint8 (8x fewer bytes through the loader and to the GPU):
-        widened here, on the device, to the int64 targets the losses index with."""
-        if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor):
-            return batch[0], batch[1].long()
-        return batch
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, masks = batch
