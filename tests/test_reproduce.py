@@ -80,6 +80,7 @@ def _experiments(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow  # four CLI runs, two of them training a staged chain (~55 s): CI runs it with the slow set
 def test_reproduce_trains_the_chain_records_and_judges(tmp_path):
     folder = _experiments(tmp_path)
     env = {"SEGFRAME_EXPERIMENTS": str(folder)}
