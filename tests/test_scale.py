@@ -121,6 +121,26 @@ def test_speed_knob_composes_and_trains(tmp_path, tiny_shapes, overrides):
         assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
 
 
+@_cuda_only("pinned memory speeds host-to-GPU copies; without CUDA the loader does not pin")
+def test_pin_memory_moves_channels_last_uint8_batches_intact(tiny_shapes):
+    """SegDataModule's batches (channels-last uint8 images, uint8 masks) pinned, copied to the GPU and
+    made model input there equal the CPU's, in both layouts the model may ask for."""
+    from segframe.data.augment import default_train, identity
+    from segframe.data.datamodule import SegDataModule
+    from segframe.models.base import to_input
+
+    dm = SegDataModule(str(tiny_shapes), default_train(crop_size=40), identity(), batch_size=4, num_workers=1,
+                       pin_memory=True)
+    images, masks = next(iter(dm.train_dataloader()))
+    assert images.is_pinned() and masks.is_pinned() and masks.dtype == torch.uint8
+    gpu_images, gpu_masks = dm.on_after_batch_transfer((images.cuda(non_blocking=True), masks.cuda(non_blocking=True)), 0)
+    assert gpu_masks.dtype == torch.int64 and torch.equal(gpu_masks.cpu(), masks.long())
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = to_input(gpu_images, layout)
+        assert x.is_contiguous(memory_format=layout)
+        torch.testing.assert_close(x.cpu(), to_input(images, layout), rtol=0, atol=1e-6)  # k / 255 on either device
+
+
 def test_persistent_workers_reshuffle_every_epoch_like_fresh_workers(tiny_shapes):
     """Persistent workers keep the dataset copy they started with; the per-epoch shuffle must
     still move on, and give the very batches fresh workers give."""
