@@ -40,6 +40,7 @@ AUTO = "auto"
 FP32, BF16 = "32-true", "bf16-mixed"
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # matrix (AMX) and vector bf16 units
 PROBE_MARGIN = 1.10  # below this the probe's difference is within this machine's noise (±10%)
+NO_BF16_UNITS = f"CPU without bf16 units (none of {', '.join(BF16_FLAGS)} in /proc/cpuinfo)"
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,12 @@ def _probed_cpu_choice(flags: set[str] | None) -> Choice:
     return Choice(FP32, False, f"CPU bf16 only {ratio:.2f}x (< {PROBE_MARGIN}x) of fp32 ({figures})")
 
 
+def bf16_units(flags: set[str] | None) -> bool | None:
+    """Whether CPU `flags` (host.cpu_flags()) list bf16 matrix or vector units; None where the flags
+    could not be read. Without them bf16 is emulated, 10-30x slower than fp32."""
+    return None if flags is None else bool(flags & set(BF16_FLAGS))
+
+
 def capability(device_type: str) -> Choice:
     """The setting this kind of device trains fastest in (see the module docstring)."""
     if device_type == "cuda":
@@ -158,8 +165,8 @@ def capability(device_type: str) -> Choice:
     if device_type != "cpu":
         return Choice(FP32, False, f"{device_type}: no measured choice, fp32 NCHW")
     flags = cpu_flags()
-    if flags is not None and not flags & set(BF16_FLAGS):
-        return Choice(FP32, False, f"CPU without bf16 units (none of {', '.join(BF16_FLAGS)} in /proc/cpuinfo)")
+    if bf16_units(flags) is False:
+        return Choice(FP32, False, NO_BF16_UNITS)
     return _probed_cpu_choice(flags)
 
 

@@ -15,7 +15,7 @@ from segframe.bench import step
 from segframe.bench.common import fmt, median, table, timed
 from segframe.bench.step import AUTOCAST, StepRow, knob_parts
 from segframe.host import cpu_flags
-from segframe.speed import BF16_FLAGS
+from segframe.speed import NO_BF16_UNITS, bf16_units
 
 
 def _skip(backbone: str, knob: str, device: torch.device, size: int, base_ms: float, classes: int, stride: int,
@@ -27,12 +27,10 @@ def _skip(backbone: str, knob: str, device: torch.device, size: int, base_ms: fl
     reason = step.skip_reason(knob, device)
     if reason is not None or max_slowdown <= 0 or not set(knob_parts(knob)) & set(AUTOCAST):
         return reason
-    flags = cpu_flags() if device.type == "cpu" and "bf16" in knob_parts(knob) else None
-    if flags is not None:
-        if flags & set(BF16_FLAGS):
-            return None
-        return (f"CPU without bf16 units (none of {', '.join(BF16_FLAGS)} in /proc/cpuinfo): emulated bf16 runs "
-                "~10-30x slower than fp32 (--max-slowdown 0 measures it anyway)")
+    units = bf16_units(cpu_flags()) if device.type == "cpu" and "bf16" in knob_parts(knob) else None
+    if units is not None:
+        return None if units else f"{NO_BF16_UNITS}: emulated bf16 runs ~10-30x slower than fp32 " \
+                                  "(--max-slowdown 0 measures it anyway)"
     probe_size = max(64, size // 4)
     slow, fast = step.probe_slowdown(backbone, knob, device, probe_size, classes, stride)
     if slow > max_slowdown * fast:
