@@ -133,7 +133,8 @@ def test_pin_memory_moves_channels_last_uint8_batches_intact(tiny_shapes):
                        pin_memory=True)
     images, masks = next(iter(dm.train_dataloader()))
     assert images.is_pinned() and masks.is_pinned() and masks.dtype == torch.uint8
-    gpu_images, gpu_masks = dm.on_after_batch_transfer((images.cuda(non_blocking=True), masks.cuda(non_blocking=True)), 0)
+    moved = (images.cuda(non_blocking=True), masks.cuda(non_blocking=True))
+    gpu_images, gpu_masks = dm.on_after_batch_transfer(moved, 0)
     assert gpu_masks.dtype == torch.int64 and torch.equal(gpu_masks.cpu(), masks.long())
     for layout in (torch.contiguous_format, torch.channels_last):
         x = to_input(gpu_images, layout)

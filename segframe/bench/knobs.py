@@ -29,8 +29,8 @@ def _skip(backbone: str, knob: str, device: torch.device, size: int, base_ms: fl
         return reason
     units = bf16_units(cpu_flags()) if device.type == "cpu" and "bf16" in knob_parts(knob) else None
     if units is not None:
-        return None if units else f"{NO_BF16_UNITS}: emulated bf16 runs ~10-30x slower than fp32 " \
-                                  "(--max-slowdown 0 measures it anyway)"
+        return None if units else (f"{NO_BF16_UNITS}: emulated bf16 runs ~10-30x slower than fp32 "
+                                   "(--max-slowdown 0 measures it anyway)")
     probe_size = max(64, size // 4)
     slow, fast = step.probe_slowdown(backbone, knob, device, probe_size, classes, stride)
     if slow > max_slowdown * fast:

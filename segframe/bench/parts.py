@@ -64,7 +64,8 @@ def files(args: argparse.Namespace, tmp: Path) -> str:
             f"batch, i.e. the first worker start-up, not counted)\n  shards: TrainStream (shuffle buffer 64) as "
             f"SegDataModule builds it: JPEGs decoded by simplejpeg (at 1/2..1/8 when the scale is <= 1/2), "
             f"the windowed scale-pad-crop and flip, uint8 masks, channels-last batches; files: map-style "
-            f"Dataset opening JPEGImages/ID.jpg + SegmentationClass/ID.png, shuffle=True, decoded as torchvision's VOCSegmentation does (PIL, int64 target), the albumentations "
+            f"Dataset opening JPEGImages/ID.jpg + SegmentationClass/ID.png, shuffle=True, decoded as "
+            f"torchvision's VOCSegmentation does (PIL, int64 target), the albumentations "
             f"chain (resize whole image, pad, crop)\n"
             f"  rates: medians over the rounds; shards / files: median of the rounds' ratios, min-max their "
             f"spread\n" + report_files(rows))
