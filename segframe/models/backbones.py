@@ -20,6 +20,7 @@ import torchvision
 from torch import nn
 
 from segframe.errors import ConfigError, MissingFileError, PretrainedWeightsError
+from segframe.models.caffe import CONV1_PAD
 
 Pretrained = bool | str | os.PathLike
 
@@ -103,18 +104,27 @@ class VGG16Backbone(nn.Module):
     we pad the input to a multiple of 32 and crop the logits, so pool5 is exactly H/32 and padding=3
     keeps it that size (inputs as small as 32 px work). At a position whose 7x7 window lies inside the
     map, fc6 computes exactly torchvision's classifier.0 Linear on that window.
+
+    With `caffe=True` it has the reference nets' geometry instead (models/caffe.py): conv1_1 pads by
+    100 px, pooling rounds up (Caffe's, PyTorch's ceil_mode) and fc6 is a valid 7x7 convolution; the
+    weights and their names are the same.
     """
 
-    def __init__(self, pretrained: Pretrained = False):
+    def __init__(self, pretrained: Pretrained = False, caffe: bool = False):
         super().__init__()
         vgg = torchvision.models.vgg16(weights=None)
         load_pretrained(vgg, pretrained, torchvision.models.VGG16_Weights.IMAGENET1K_V1)
         features = vgg.features
+        if caffe:
+            features[0].padding = (CONV1_PAD, CONV1_PAD)
+            for layer in features:
+                if isinstance(layer, nn.MaxPool2d):
+                    layer.ceil_mode = True
         # indices in torchvision's vgg16.features: pool3 = 16, pool4 = 23, pool5 = 30 (slices keep the names)
         self.to_s8, self.to_s16, self.to_s32 = features[:17], features[17:24], features[24:31]
         lin6, lin7 = vgg.classifier[0], vgg.classifier[3]
         # meta device: skip a wasted random init of 100M fc6 params; the Linear weights are reused as-is
-        self.fc6 = nn.Conv2d(512, 4096, 7, padding=3, device="meta")
+        self.fc6 = nn.Conv2d(512, 4096, 7, padding=0 if caffe else 3, device="meta")
         self.fc7 = nn.Conv2d(4096, 4096, 1, device="meta")
         self.fc6.weight = nn.Parameter(lin6.weight.detach().view(4096, 512, 7, 7))
         self.fc6.bias = nn.Parameter(lin6.bias.detach())
@@ -130,9 +140,10 @@ class VGG16Backbone(nn.Module):
         b, _, h, w = x.shape
         if x.device.type != "cpu" or min(h, w) >= 7:
             return self.fc6(x)
-        cols = F.unfold(x, 7, padding=3)  # [B, 512*49, h*w], same (c, kh, kw) order as weight.view(4096, -1)
+        pad = self.fc6.padding[0]
+        cols = F.unfold(x, 7, padding=pad)  # [B, 512*49, h'*w'], same (c, kh, kw) order as weight.view(4096, -1)
         out = self.fc6.weight.flatten(1) @ cols + self.fc6.bias[:, None]
-        return out.view(b, -1, h, w)
+        return out.view(b, -1, h + 2 * pad - 6, w + 2 * pad - 6)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         s8 = self.to_s8(x)

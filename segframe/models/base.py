@@ -124,19 +124,28 @@ def _class_count_clash(model: nn.Module, own: dict[str, torch.Tensor], state: di
     return None
 
 
-def load_matching_weights(model: nn.Module, path: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """Copy every tensor of checkpoint `path` whose name and shape match `model`: staged training
-    (FCN-32s -> 16s -> 8s), or a backbone shared between families (FCN-8s ResNet-18 -> dilated FCN).
-
-    `path` is a Lightning checkpoint ({"state_dict": {"model.<name>": ...}}) or a plain state_dict.
-    Returns (copied, new) state_dict names; `new` keep their fresh init (e.g. zero skip score layers,
-    bilinear `up_final`, whose kernel size differs between 32s/16s/8s). Raises ValueError when a
-    classifier's class count differs.
-    """
+def read_init_file(path: str | os.PathLike) -> tuple[Path, Any]:
+    """The loaded contents of an `init_from` file (never unpickling code), or the error naming it."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise MissingFileError(f"init_from checkpoint not found: {file} (from model.init_from={path})")
-    ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        return file, torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickled objects, not a torch file...
+        raise ConfigError(f"init_from {file} cannot be loaded as a weights file or checkpoint "
+                          f"({type(exc).__name__}: {exc})") from exc
+
+
+def load_matching_weights(model: nn.Module, path: str | os.PathLike, loaded: Any = None) -> tuple[list[str], list[str]]:
+    """Copy every tensor of checkpoint `path` whose name and shape match `model`: staged training
+    (FCN-32s -> 16s -> 8s), or a backbone shared between families (FCN-8s ResNet-18 -> dilated FCN).
+
+    `path` is a Lightning checkpoint ({"state_dict": {"model.<name>": ...}}) or a plain state_dict
+    (`loaded`: its contents, when the caller has read them already). Returns (copied, new) state_dict
+    names; `new` keep their fresh init (e.g. zero skip score layers, bilinear `up_final`, whose kernel
+    size differs between 32s/16s/8s). Raises ValueError when a classifier's class count differs.
+    """
+    file, ckpt = (Path(path).expanduser(), loaded) if loaded is not None else read_init_file(path)
     state = ckpt["state_dict"] if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict) else ckpt
     if not isinstance(state, dict):
         raise ConfigError(f"{file}: expected a Lightning checkpoint or a state_dict, got {type(state).__name__}")
