@@ -8,8 +8,10 @@ and a batch that is all ignore gives 0 (never NaN).
 
 SegModule builds the loss from a factory (the config node, Hydra `_partial_`) with the two things
 it owns: `weight`, the per-class weights of `module.class_weighting` (or None), and `reduction`,
-`module.loss_reduction` ("mean" over the valid pixels, or "sum": the FCN paper's un-normalised
-sum). The region losses (Dice, Lovász) compare whole masks: they have no per-pixel sum and
+`module.loss_reduction` ("mean" over the valid pixels, or "sum": the FCN reference's un-normalised
+loss, summed over the valid pixels and divided by the batch size, as Caffe's SoftmaxWithLoss with
+`normalize: false` and pytorch-fcn's trainer do; so the learning rate means the same at any batch
+size). The region losses (Dice, Lovász) compare whole masks: they have no per-pixel sum and
 already count every present class once whatever its size, so they refuse reduction="sum" and
 class weights; in CeDice both apply to its cross-entropy term only.
 
@@ -40,8 +42,8 @@ REDUCTIONS = ("mean", "sum")
 
 def _check_reduction(reduction: str, loss: str, region: bool = False) -> None:
     if reduction not in REDUCTIONS:
-        raise ConfigError(f"module.loss_reduction must be 'mean' (over valid pixels) or 'sum' (the FCN paper's "
-                          f"un-normalised sum), got {reduction!r}")
+        raise ConfigError(f"module.loss_reduction must be 'mean' (over valid pixels) or 'sum' (the FCN reference's "
+                          f"un-normalised loss: summed over valid pixels, divided by the batch size), got {reduction!r}")
     if region and reduction == "sum":
         # a region loss is one number per class for the whole batch: there is no per-pixel sum
         raise ConfigError(f"module.loss_reduction='sum' does not apply to loss={loss}: it compares whole masks and "
@@ -125,7 +127,8 @@ class CrossEntropy(nn.Module):
     """Cross entropy of the valid pixels (FCN: Long, Shelhamer & Darrell, CVPR 2015), optionally with
     per-class weights w. reduction="mean": sum of w_y * -log p_y divided by the summed w_y of the
     valid pixels (their number when unweighted), as torch's weighted mean, so switching weighting on
-    does not rescale the loss; all-ignore gives 0. reduction="sum": the un-normalised sum (FCN)."""
+    does not rescale the loss; all-ignore gives 0. reduction="sum": the sum over the valid pixels
+    divided by the batch size (the FCN reference's un-normalised loss, per image)."""
 
     name = "ce"
 
@@ -145,6 +148,8 @@ class CrossEntropy(nn.Module):
             valid = target != IGNORE_INDEX
             total = weight[target[valid]].sum() if weight is not None else valid.sum()
             loss = loss / total.clamp_min(1e-12 if weight is not None else 1)
+        else:
+            loss = loss / logits.shape[0]
         return loss
 
 
@@ -185,7 +190,8 @@ class Focal(nn.Module):
     gamma=0 without alpha is cross entropy exactly. alpha: null or one factor per class (the paper's
     alpha_t); w: the class weights of module.class_weighting. reduction="mean": divided by the
     summed w_y of the valid pixels (their number when unweighted), as CrossEntropy; alpha is not in
-    the divisor (the paper normalises by a count). reduction="sum": un-normalised. All-ignore: 0.
+    the divisor (the paper normalises by a count). reduction="sum": summed, divided by the batch size
+    (as CrossEntropy). All-ignore: 0.
 
     Written here rather than smp's FocalLoss: in multiclass mode smp sums one-vs-rest sigmoid
     (binary) focal losses, not the softmax focal loss, and with every pixel ignored its mean is NaN
@@ -223,6 +229,8 @@ class Focal(nn.Module):
         if self.reduction == "mean":
             total = self.weight[labels].sum().clamp_min(1e-12) if self.weight is not None else max(len(labels), 1)
             loss = loss / total
+        else:
+            loss = loss / logits.shape[0]
         return loss
 
 

@@ -7,6 +7,7 @@ import functools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from segframe import losses
@@ -40,7 +41,8 @@ def _pixels(logits: torch.Tensor, target: torch.Tensor) -> list[tuple[torch.Tens
 def _cross_entropy(logits, target, weight=None, reduction="mean"):
     terms = [(1.0 if weight is None else float(weight[y]), -float(torch.log(p[y]))) for p, y in _pixels(logits, target)]
     total = sum(w * t for w, t in terms)
-    return total / sum(w for w, _ in terms) if reduction == "mean" else total
+    # sum: the FCN reference's un-normalised loss, per image (divided by the batch size)
+    return total / sum(w for w, _ in terms) if reduction == "mean" else total / target.shape[0]
 
 
 def _dice(logits, target, smooth=0.0):
@@ -60,7 +62,7 @@ def _focal(logits, target, gamma=2.0, alpha=None, weight=None, reduction="mean")
         w = 1.0 if weight is None else float(weight[y])
         total += -a * w * (1 - float(p[y])) ** gamma * float(torch.log(p[y]))
         norm += w
-    return total / norm if reduction == "mean" else total
+    return total / norm if reduction == "mean" else total / target.shape[0]
 
 
 def _lovasz(logits, target):
@@ -92,6 +94,22 @@ def test_cross_entropy_is_the_formula(weight, reduction):
     logits, target = _batch()
     got = CrossEntropy(weight=weight, reduction=reduction)(logits, target)
     assert float(got) == pytest.approx(_cross_entropy(logits, target, weight, reduction), rel=1e-6)
+
+
+@pytest.mark.parametrize("loss", [CrossEntropy, Focal])
+def test_summed_loss_is_per_image_as_the_reference(loss):
+    """reduction="sum" is Caffe's SoftmaxWithLoss(normalize: false) and pytorch-fcn's `loss /= len(data)`:
+    the sum over an image's valid pixels at batch 1, the mean of those per-image sums at batch 2, so the
+    learning rate means the same at any batch size."""
+    logits, target = _batch()
+    per_image = [F.cross_entropy(logits[i:i + 1], target[i:i + 1], ignore_index=255, reduction="sum") for i in (0, 1)]
+    if loss is Focal:
+        per_image = [Focal(reduction="sum")(logits[i:i + 1], target[i:i + 1]) for i in (0, 1)]
+    else:  # batch 1: the plain sum over the valid pixels
+        assert float(loss(reduction="sum")(logits[:1], target[:1])) == pytest.approx(float(per_image[0]), rel=1e-12)
+    both = loss(reduction="sum")(logits, target)
+    assert float(both) == pytest.approx(float(per_image[0] + per_image[1]) / 2, rel=1e-12)
+    assert float(both) != pytest.approx(float(per_image[0] + per_image[1]), rel=1e-3)  # not the batch's sum
 
 
 @pytest.mark.parametrize("smooth", [0.0, 0.5])
@@ -249,12 +267,15 @@ def _module(**kw):
 
 
 def _previous_segmodule_loss(logits, masks, class_weight, reduction):
-    """SegModule.loss before the loss group, verbatim: loss=ce must stay bit-identical."""
+    """SegModule.loss before the loss group, verbatim but for sum, which is divided by the batch size
+    since the reference-fidelity issue (Caffe's normalize: false): loss=ce must stay bit-identical."""
     loss = torch.nn.functional.cross_entropy(logits, masks, weight=class_weight, ignore_index=255, reduction="sum")
     if reduction == "mean":
         valid = masks != 255
         total = class_weight[masks[valid]].sum() if class_weight is not None else valid.sum()
         loss = loss / total.clamp_min(1e-12 if class_weight is not None else 1)
+    else:
+        loss = loss / logits.shape[0]
     return loss
 
 
