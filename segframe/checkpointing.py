@@ -36,6 +36,7 @@ from segframe.errors import ConfigError
 log = logging.getLogger("segframe")
 
 LAST = "last.ckpt"
+EVALUATED = "evaluated.ckpt"  # an evaluate_only run's weights, as loaded from model.init_from (nothing trained)
 PARTIAL = ".partial"  # suffix of a checkpoint being written; what a kill mid-write leaves behind
 
 

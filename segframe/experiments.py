@@ -62,11 +62,13 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     return path
 
 
-def recipe_overrides(overrides: Iterable[str]) -> list[str]:
+def recipe_overrides(overrides: Iterable[str], evaluate_only: bool = False) -> list[str]:
     """The overrides that make a run another recipe than the experiment's, whose numbers stay out of
     the results: where data and outputs live, and loader processes, do not change the numbers;
-    devices do (DDP multiplies the batch), so they count as a different recipe."""
-    return [o for o in overrides if not o.startswith(("hydra.", "paths.", "datamodule.num_workers"))]
+    devices do (DDP multiplies the batch), so they count as a different recipe. In an evaluate-only
+    experiment `model.init_from` says where the judged weights lie (their md5 is recorded)."""
+    free = ("hydra.", "paths.", "datamodule.num_workers", *(("model.init_from=",) if evaluate_only else ()))
+    return [o for o in overrides if not o.startswith(free)]
 
 
 def compare(reference: DictConfig | None, runs: list[dict[str, Any]]) -> dict[str, Any]:

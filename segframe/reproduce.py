@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name = options["experiment"]
     try:
-        reference = load_experiment(name).get("reference")
+        experiment = load_experiment(name)
+        reference = experiment.get("reference")
         seeds = seeds_to_run(options.get("seeds"), reference)
         if any(o.startswith("hydra.run.dir=") for o in overrides):
             raise ConfigError("reproduce places each run under out=DIR/NAME/seedK; use out=DIR, not hydra.run.dir")
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = compare(reference, runs)
     print(comparison_text(name, rows, second_references(reference, rows)))
     failed = [r for r in runs if not r["ok"]]
-    recipe = recipe_overrides(overrides)
+    recipe = recipe_overrides(overrides, bool(experiment.get("evaluate_only")))
     if recipe:  # a changed recipe is not the experiment: keep its numbers out of the results table
         print(f"\nnot recording {result_path(name)}: overrides {recipe} change the recipe")
     elif not failed:

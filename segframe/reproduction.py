@@ -22,6 +22,7 @@ from segframe.errors import ConfigError
 from segframe.experiments import METRICS, load_experiment
 
 STAMP = "reproduce.json"  # in a run dir: the experiment, seed and overrides it was trained with
+EVALUATED_KEYS = ("init_from_md5", "eval_seconds_per_image")  # an evaluate-only run: which weights, how fast
 SIZE_KEYS = ("fit_seconds", "train_images_per_s", "model_parameters", "model_gflops", "model_gflops_at")
 
 
@@ -78,7 +79,7 @@ def train_run(name: str, seed: int, out: Path, overrides: list[str], log: Any = 
             # what the model costs (README "Model comparison"), and the precision and layout it trained in
             # (trainer.precision / module.channels_last, `auto` resolved); absent from runs made before they
             # were recorded
-            **{k: metrics.get(k) for k in (*SIZE_KEYS, "speed_knobs") if k in metrics}}
+            **{k: metrics.get(k) for k in (*SIZE_KEYS, *EVALUATED_KEYS, "speed_knobs") if k in metrics}}
 
 
 def seeds_to_run(text: str | None, reference: DictConfig | None) -> list[int]:

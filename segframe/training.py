@@ -1,9 +1,11 @@
 """What `python -m segframe.train` does: fit (or continue a resumed run), evaluate the best
 checkpoint on `eval.split`, write the report. Reads the composed config and hands every
-component its own config node."""
+component its own config node. With `evaluate_only=true` (the fcn*_voc_released experiments) it
+fits nothing: it evaluates the weights of `model.init_from` as the model loaded them."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -13,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from segframe import components, speed
-from segframe.checkpointing import LAST, Requeued, RunConfig, resumable
+from segframe.checkpointing import EVALUATED, LAST, Requeued, RunConfig, resumable
 from segframe.config import ConfigError, check_keys, plain
 from segframe.data.manifest import split_info
 from segframe.data.preparation import check_labelled, ensure_converted
@@ -29,6 +31,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     """Fit, evaluate the best checkpoint on `eval.split`, write the report. Returns its mIoU.
     With `resume=`, the run continues where its checkpoint left it, in that run's own directory."""
     check_keys(cfg, "train")
+    if cfg.evaluate_only and (not cfg.model.get("init_from") or cfg.resume):
+        raise ConfigError("evaluate_only=true evaluates the weights of model.init_from without training: pass "
+                          "model.init_from=FILE (e.g. pytorch-fcn's fcn8s_from_caffe.pth), and no resume=")
     if cfg.get("parent_experiment") and not cfg.model.get("init_from"):
         raise ConfigError(
             f"this experiment is a stage after {cfg.parent_experiment!r}: pass model.init_from=<its checkpoint>, or "
@@ -61,17 +66,24 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         continue_logs(loggers, resume)
     callbacks += [RunConfig(config, knobs.record()), *components.callbacks(cfg.get("callbacks"), logging=bool(loggers))]
     trainer = components.trainer(cfg.trainer, run_dir, callbacks, loggers or False, plugins, knobs.precision)
-    start = time.time()
-    try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(resume.path) if resume else None)
-    except Requeued as exc:  # SLURM will start this same command again; resume=auto picks it up
-        log.warning("%s; stopping here", exc)
-        return float("nan")
-    fit_seconds = time.time() - start
-    best = best_cb.best_model_path or str(ckpt_dir / LAST)
     split = cfg.eval.split
-    log.info("evaluating %s on split %s", best, split)
-    trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
+    start = time.time()
+    if cfg.evaluate_only:
+        fit_seconds, best = 0.0, str(ckpt_dir / EVALUATED)
+        log.info("evaluate_only: evaluating the weights of %s on split %s", cfg.model.init_from, split)
+        trainer.test(module, datamodule=dm, verbose=False)
+        eval_seconds = time.time() - start
+        trainer.save_checkpoint(best)  # the weights as evaluated, as a checkpoint eval, predict and export take
+    else:
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=str(resume.path) if resume else None)
+        except Requeued as exc:  # SLURM will start this same command again; resume=auto picks it up
+            log.warning("%s; stopping here", exc)
+            return float("nan")
+        fit_seconds = time.time() - start
+        best = best_cb.best_model_path or str(ckpt_dir / LAST)
+        log.info("evaluating %s on split %s", best, split)
+        trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
     if not trainer.is_global_zero:
         return float("nan")
     examples = predict_examples(module, dm.eval_dataloader(split), cfg.report.num_images) \
@@ -85,8 +97,28 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             "resumed_from": str(resume.path) if resume else None,
             "train_images_per_s": round(images / max(fit_seconds, 1e-9), 2), "speed_knobs": knobs.record(),
             **components.model_size(module.model, cfg.data.crop_size)}
+    if cfg.evaluate_only:
+        num = info["num_samples"]
+        info.update(evaluated_weights(cfg.model.init_from, (cfg.get("reference") or {}).get("weights_md5")),
+                    eval_seconds=round(eval_seconds, 1), eval_seconds_per_image=round(eval_seconds / max(num, 1), 3))
+        return float(finish_run(run_dir, cfg, module.last_confmat["test"], module.last_image_scores.get("test"),
+                                dm.classes, dm.palette, info, examples)["miou"] or 0.0)
     metrics = finish_run(run_dir, cfg, module.last_confmat["test"], module.last_image_scores.get("test"), dm.classes,
                          dm.palette, info, examples)
     write_model_card(run_dir, config, metrics, dm.manifest, dm.train_split, trainer.strategy.root_device.type,
                      trainer.world_size)
     return float(metrics["miou"] or 0.0)
+
+
+def evaluated_weights(path: str, expected_md5: str | None) -> dict[str, str]:
+    """The weights file an evaluate-only run judged, by path and md5 (the digest pytorch-fcn publishes
+    for its downloads); a warning when the experiment names another digest."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    md5 = digest.hexdigest()
+    if expected_md5 and md5 != expected_md5:
+        log.warning("evaluate_only: %s has md5 %s, not the released file's %s (reference.weights_md5): the verdict "
+                    "judges these weights, not the release", path, md5, expected_md5)
+    return {"init_from": str(path), "init_from_md5": md5}
