@@ -8,7 +8,8 @@ the upsamplers upscore (FCN-32s), upscore2, upscore16 (FCN-16s), upscore_pool4, 
 
 Those weights expect the reference's input: BGR in 0..255 minus the BGR mean, which the model's
 normalisation must say (`channel_order=bgr`, `input_scale=255`, `std=[1, 1, 1]`); with
-`padding=caffe` the net then computes the reference's outputs.
+`padding=caffe` the net then computes the reference's outputs. The at-once FCN-8s has the same names
+as FCN-8s: its file needs `model=fcn8s_atonce` (skip_scales), which the names cannot tell.
 """
 
 from __future__ import annotations
