@@ -71,6 +71,25 @@ def recipe_overrides(overrides: Iterable[str], evaluate_only: bool = False) -> l
     return [o for o in overrides if not o.startswith(free)]
 
 
+def released_elsewhere(reference: DictConfig | dict | None, runs: list[dict[str, Any]]) -> bool:
+    """An evaluate-only verdict judges published weights (`reference.weights_md5`): runs that evaluated
+    a file with another md5 did not evaluate them, and their verdict is not recorded."""
+    expected = (reference or {}).get("weights_md5")
+    return bool(expected) and any(r.get("init_from_md5") not in (None, expected) for r in runs)
+
+
+def not_recorded(experiment: DictConfig, overrides: list[str], runs: list[dict[str, Any]]) -> str | None:
+    """Why reproduce's runs are not the experiment and stay out of its results, or None."""
+    recipe = recipe_overrides(overrides, bool(experiment.get("evaluate_only")))
+    if recipe:
+        return f"overrides {recipe} change the recipe"
+    reference = experiment.get("reference")
+    if released_elsewhere(reference, runs):
+        md5s = sorted({r["init_from_md5"] for r in runs if r.get("init_from_md5")})
+        return f"the evaluated weights (md5 {md5s}) are not the released file (md5 {reference.weights_md5})"
+    return None
+
+
 def compare(reference: DictConfig | None, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Reproduced mean / spread per metric (percent) against the reference and its tolerance."""
     done = [r for r in runs if r["ok"]]

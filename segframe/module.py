@@ -76,8 +76,6 @@ class SegModule(pl.LightningModule):
         `loss_config` (a checkpoint's), else cross entropy. `loss_config` is then set to the
         factory's plain config, so a checkpoint rebuilds the same loss."""
         super().__init__()
-        if loss_reduction not in ("mean", "sum"):
-            raise ConfigError(f"loss_reduction must be 'mean' (over valid pixels) or 'sum' (the paper's), got {loss_reduction!r}")
         if loss is None:
             loss = losses.factory_from(loss_config) if loss_config else losses.CrossEntropy
         # save_hyperparameters stores the arguments' current values: the factory's plain config

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from segframe.errors import ConfigError, SegframeError
 from segframe.experiment_tables import comparison_text
-from segframe.experiments import compare, load_experiment, recipe_overrides, result_path, second_references, write_result
+from segframe.experiments import compare, load_experiment, not_recorded, result_path, second_references, write_result
 from segframe.reproduction import record, seeds_to_run, train_run
 
 OPTIONS = ("experiment", "seeds", "out")  # reproduce's own; every other argument goes to train
@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = compare(reference, runs)
     print(comparison_text(name, rows, second_references(reference, rows)))
     failed = [r for r in runs if not r["ok"]]
-    recipe = recipe_overrides(overrides, bool(experiment.get("evaluate_only")))
-    if recipe:  # a changed recipe is not the experiment: keep its numbers out of the results table
-        print(f"\nnot recording {result_path(name)}: overrides {recipe} change the recipe")
+    reason = not_recorded(experiment, overrides, runs)
+    if reason:  # not the experiment (another recipe, other weights): keep its numbers out of the results table
+        print(f"\nnot recording {result_path(name)}: {reason}")
     elif not failed:
         written = write_result(name, record(name, seeds, overrides, rows, runs, reference))
         print(f"\nwrote {written}; `python -m segframe.results` updates the README table")

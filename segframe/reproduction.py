@@ -47,7 +47,11 @@ def train_run(name: str, seed: int, out: Path, overrides: list[str], log: Any = 
     run_dir = out / name / f"seed{seed}"
     extra = []
     parent = load_experiment(name).get("parent_experiment")
-    if parent:
+    if parent and any(o.startswith("model.init_from=") for o in overrides):
+        # the stage starts from the weights given (e.g. the reference's released FCN-32s, as the reference
+        # and pytorch-fcn started FCN-16s): no parent to train
+        log(f"{name} seed {seed}: starting from the given model.init_from, not from a {parent} run")
+    elif parent:
         parent_dir = out / parent / f"seed{seed}"
         parent_ckpt = _finished(parent_dir, parent, seed, overrides)
         if parent_ckpt is None:
@@ -75,7 +79,8 @@ def train_run(name: str, seed: int, out: Path, overrides: list[str], log: Any = 
     log(f"{name} seed {seed}: mIoU {100 * (metrics['miou'] or 0):.2f} in {wall:.0f} s")
     return {"seed": seed, "ok": True, "run_dir": str(run_dir), "wall_s": wall,
             "git_commit": metrics.get("git_commit"), "steps": metrics.get("steps"),
-            "init_from": extra[0].split("=", 1)[1] if extra else None, **{k: metrics.get(k) for k in METRICS},
+            "init_from": extra[0].split("=", 1)[1] if extra else metrics.get("init_from"),
+            **{k: metrics.get(k) for k in METRICS},
             # what the model costs (README "Model comparison"), and the precision and layout it trained in
             # (trainer.precision / module.channels_last, `auto` resolved); absent from runs made before they
             # were recorded

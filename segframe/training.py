@@ -70,7 +70,10 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     start = time.time()
     if cfg.evaluate_only:
         fit_seconds, best = 0.0, str(ckpt_dir / EVALUATED)
-        log.info("evaluate_only: evaluating the weights of %s on split %s", cfg.model.init_from, split)
+        # the file and its digest before the evaluation: a warning about it comes first, not after it
+        weights = evaluated_weights(cfg.model.init_from, (cfg.get("reference") or {}).get("weights_md5"))
+        log.info("evaluate_only: evaluating the weights of %s on split %s", weights["init_from"], split)
+        start = time.time()
         trainer.test(module, datamodule=dm, verbose=False)
         eval_seconds = time.time() - start
         trainer.save_checkpoint(best)  # the weights as evaluated, as a checkpoint eval, predict and export take
@@ -98,21 +101,20 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             "train_images_per_s": round(images / max(fit_seconds, 1e-9), 2), "speed_knobs": knobs.record(),
             **components.model_size(module.model, cfg.data.crop_size)}
     if cfg.evaluate_only:
-        num = info["num_samples"]
-        info.update(evaluated_weights(cfg.model.init_from, (cfg.get("reference") or {}).get("weights_md5")),
-                    eval_seconds=round(eval_seconds, 1), eval_seconds_per_image=round(eval_seconds / max(num, 1), 3))
-        return float(finish_run(run_dir, cfg, module.last_confmat["test"], module.last_image_scores.get("test"),
-                                dm.classes, dm.palette, info, examples)["miou"] or 0.0)
+        info.update(weights, eval_seconds=round(eval_seconds, 1),
+                    eval_seconds_per_image=round(eval_seconds / max(info["num_samples"], 1), 3))
     metrics = finish_run(run_dir, cfg, module.last_confmat["test"], module.last_image_scores.get("test"), dm.classes,
                          dm.palette, info, examples)
-    write_model_card(run_dir, config, metrics, dm.manifest, dm.train_split, trainer.strategy.root_device.type,
-                     trainer.world_size)
+    if not cfg.evaluate_only:  # the card describes a training run: its recipe, time and data
+        write_model_card(run_dir, config, metrics, dm.manifest, dm.train_split, trainer.strategy.root_device.type,
+                         trainer.world_size)
     return float(metrics["miou"] or 0.0)
 
 
 def evaluated_weights(path: str, expected_md5: str | None) -> dict[str, str]:
     """The weights file an evaluate-only run judged, by path and md5 (the digest pytorch-fcn publishes
     for its downloads); a warning when the experiment names another digest."""
+    path = str(Path(path).expanduser())
     digest = hashlib.md5()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -120,5 +122,5 @@ def evaluated_weights(path: str, expected_md5: str | None) -> dict[str, str]:
     md5 = digest.hexdigest()
     if expected_md5 and md5 != expected_md5:
         log.warning("evaluate_only: %s has md5 %s, not the released file's %s (reference.weights_md5): the verdict "
-                    "judges these weights, not the release", path, md5, expected_md5)
-    return {"init_from": str(path), "init_from_md5": md5}
+                    "judges these weights, not the release (reproduce does not record it)", path, md5, expected_md5)
+    return {"init_from": path, "init_from_md5": md5}

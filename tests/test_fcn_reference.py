@@ -6,19 +6,26 @@ not copied from it."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from segframe.errors import ConfigError
+from segframe.experiments import not_recorded, recipe_overrides, released_elsewhere
 from segframe.models.caffe import IDENTITY, compose, crop_offset
 from segframe.models.fcn import FCN, bilinear_kernel
 from segframe.models.reference_weights import BACKBONE_NAMES, REFERENCE_MEAN
+from segframe.module import SegModule
 
+from helpers.cli import run_cli
 from helpers.config import compose as compose_config
+from helpers.datasets import BT, BV, PT, PV, make_sbd, make_voc
 
 C = 5  # classes of the small nets below
 CAFFE = {"channel_order": "bgr", "input_scale": 255.0, "mean": REFERENCE_MEAN, "std": (1.0, 1.0, 1.0)}
@@ -30,7 +37,7 @@ CONVS = [("conv1_1", 3, 64), ("conv1_2", 64, 64), ("conv2_1", 64, 128), ("conv2_
          ("conv5_3", 512, 512)]
 
 
-def reference_state(stride: int, classes: int = C, seed: int = 0) -> dict[str, torch.Tensor]:
+def reference_named(stride: int, classes: int = C, seed: int = 0) -> dict[str, torch.Tensor]:
     """A state dict under the reference's names (pytorch-fcn's FCN32s/16s/8s), random non-zero weights
     (scaled to keep activations in range), bilinear upsamplers as the released files hold them."""
     g = torch.Generator().manual_seed(seed)
@@ -114,6 +121,8 @@ def test_crop_offsets_follow_from_the_layers_and_equal_the_reference(stride):
     assert crop_offset((1, 19), IDENTITY) == 19
     with pytest.raises(ValueError, match="cannot align"):
         crop_offset((2, 1), IDENTITY)
+    with pytest.raises(ValueError, match="cannot align"):  # a crop that would start before the blob
+        crop_offset((1, -3), IDENTITY)
 
 
 @pytest.mark.parametrize("stride", [32, 16, 8])
@@ -121,7 +130,7 @@ def test_caffe_geometry_matches_the_reference_forward_at_odd_sizes(stride, tmp_p
     """Loaded from a file under the reference's names, the caffe-geometry net computes the reference
     net's outputs (pad 100, ceil pooling, valid fc6, crops at 5 / 9 / 19, 27, 31) at sizes that are
     no multiple of anything, down to 1 pixel."""
-    state = reference_state(stride)
+    state = reference_named(stride)
     torch.save(state, tmp_path / "ref.pth")
     model = caffe_fcn(stride, init_from=str(tmp_path / "ref.pth")).eval()
     for h, w in [(1, 1), (37, 53), (71, 30)]:
@@ -134,7 +143,7 @@ def test_caffe_geometry_matches_the_reference_forward_at_odd_sizes(stride, tmp_p
 
 
 def test_at_once_scales_its_skips_as_the_reference(tmp_path):
-    state = reference_state(8, seed=1)
+    state = reference_named(8, seed=1)
     torch.save({"model_state_dict": state, "iteration": 4000}, tmp_path / "checkpoint.pth.tar")  # pytorch-fcn's form
     model = caffe_fcn(8, skip_scales=[0.01, 0.0001], init_from=str(tmp_path / "checkpoint.pth.tar")).eval()
     rgb = torch.rand(1, 3, 45, 38, generator=torch.Generator().manual_seed(3))
@@ -166,9 +175,9 @@ def test_reference_names_map_onto_segframes_fcn(tmp_path):
     assert {f"{n}.weight" for n in mapped} | {f"{n}.bias" for n in mapped} == \
         {k for k in caffe_fcn(32).state_dict() if k.startswith("backbone.")}
     # a coarser reference net starts a finer stage: its last upsampler is left out, the new skip stays zero
-    torch.save(reference_state(32), tmp_path / "fcn32s.pth")
+    torch.save(reference_named(32), tmp_path / "fcn32s.pth")
     model = caffe_fcn(16, init_from=str(tmp_path / "fcn32s.pth"))
-    assert torch.equal(model.score_s32.weight, reference_state(32)["score_fr.weight"])
+    assert torch.equal(model.score_s32.weight, reference_named(32)["score_fr.weight"])
     assert not model.score_s16.weight.any() and torch.equal(model.up_final.weight, bilinear_kernel(C, 32))
 
 
@@ -179,7 +188,7 @@ def test_reference_names_map_onto_segframes_fcn(tmp_path):
      r"shape mismatch: score_fr.weight \(21, 4096, 1, 1\) vs score_s32.weight \(5, 4096, 1, 1\)"),
 ])
 def test_a_file_that_does_not_fit_is_refused_listing_the_tensors(tmp_path, change, message):
-    state = reference_state(32)
+    state = reference_named(32)
     change(state)
     torch.save(state, tmp_path / "bad.pth")
     with pytest.raises(ConfigError, match=rf"init_from {tmp_path}/bad.pth: the reference FCN-32s.*{message}"):
@@ -187,11 +196,25 @@ def test_a_file_that_does_not_fit_is_refused_listing_the_tensors(tmp_path, chang
 
 
 def test_a_finer_file_or_the_wrong_input_is_refused(tmp_path):
-    torch.save(reference_state(8), tmp_path / "fcn8s.pth")
+    torch.save(reference_named(8), tmp_path / "fcn8s.pth")
     with pytest.raises(ConfigError, match="reference FCN-8s, finer than this FCN-32s.*model=fcn8s"):
         caffe_fcn(32, init_from=str(tmp_path / "fcn8s.pth"))
     with pytest.raises(ConfigError, match="expect BGR 0..255.*model.channel_order=bgr model.input_scale=255"):
         FCN(C, 8, "vgg16", init_from=str(tmp_path / "fcn8s.pth"))
+    # BGR 0..255 with the ImageNet mean of [0, 1] inputs: as wrong, and refused too
+    with pytest.raises(ConfigError, match=r"mean=\[0.485"):
+        caffe_fcn(8, mean=(0.485, 0.456, 0.406), init_from=str(tmp_path / "fcn8s.pth"))
+    caffe_fcn(8, mean=(103.939, 116.779, 123.68), init_from=str(tmp_path / "fcn8s.pth"))  # the VGG paper's: close
+
+
+def test_a_reference_stage_starts_the_next_and_old_torch_files_load(tmp_path):
+    """FCN-16s weights start an FCN-8s (the reference's staging); pytorch-fcn's 2017 files may be in
+    torch's legacy (non-zip) format, which weights_only loading reads too."""
+    state = reference_named(16)
+    torch.save(state, tmp_path / "fcn16s.pth", _use_new_zipfile_serialization=False)
+    model = caffe_fcn(8, init_from=str(tmp_path / "fcn16s.pth"))
+    assert torch.equal(model.score_s16.weight, state["score_pool4.weight"])  # the pool4 skip carries over
+    assert torch.equal(model.up_s32.weight, bilinear_kernel(C, 4)) and not model.score_s8.weight.any()
 
 
 # --------------------------------------------------------------------------- fixed upsampling
@@ -234,8 +257,6 @@ PAPER = {"fcn32s_voc_paper": (32, 1e-10, None), "fcn16s_voc_paper": (16, 1e-12, 
 def test_paper_recipe_per_parameter_lr_decay_and_frozen_state(name):
     """The reference's conv params (lr_mult 1/2, decay_mult 1/0), Deconvolutions with lr_mult 0, and
     the solver (fixed lr, momentum 0.99, wd 5e-4), as the optimiser SegModule builds for the recipe."""
-    from segframe.module import SegModule
-
     stride, lr, scales = PAPER[name]
     cfg = compose_config([f"experiment={name}", "model.pretrained=false"])
     model = instantiate(cfg.model)
@@ -285,41 +306,49 @@ def test_seed_recipes_follow_tf_image_segmentation():
 
 
 def test_the_default_fcn_is_unchanged():
+    """The default (learned, pad32, no skip scales) computes what FCN computed before these options:
+    up(score_s32) + score_s16, up(.) + score_s8, up_final, on the input padded to a multiple of 32."""
     cfg = compose_config([])
     assert cfg.model.upsampling == "learned" and cfg.model.padding == "pad32" and cfg.model.skip_scales is None
-
+    torch.manual_seed(0)
+    model = FCN(C, 8, "resnet18").eval()
+    for m in (model.score_s16, model.score_s8):  # non-zero skips, so that they count
+        torch.nn.init.normal_(m.weight, std=0.1)
+    x = torch.rand(1, 3, 45, 70)
+    with torch.no_grad():
+        padded = F.pad((x - model.mean) / model.std, (0, 26, 0, 19))
+        feats = model.backbone(padded)
+        score = model.up_s32(model.score_s32(feats["s32"])) + model.score_s16(feats["s16"])
+        score = model.up_s16(score) + model.score_s8(feats["s8"])
+        torch.testing.assert_close(model(x), model.up_final(score)[..., :45, :70], rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------- evaluate only
 
 
 def test_evaluate_only_needs_weights_and_judges_the_file_not_its_path(tmp_path):
-    from segframe.experiments import recipe_overrides
-
-    from helpers.cli import run_cli
-
     res = run_cli("train", "evaluate_only=true", f"paths.data_dir={tmp_path}", f"hydra.run.dir={tmp_path}/r", cwd=tmp_path)
     assert res.returncode == 1 and "evaluate_only=true evaluates the weights of model.init_from" in res.stderr
     # where the judged weights lie is no recipe change (their md5 is recorded); in a training recipe it is
     assert recipe_overrides(["model.init_from=/w/fcn8s_from_caffe.pth"], evaluate_only=True) == []
     assert recipe_overrides(["model.init_from=/w/x.ckpt"]) == ["model.init_from=/w/x.ckpt"]
+    # and a verdict on other weights than the release is not recorded
+    experiment = OmegaConf.create({"evaluate_only": True, "reference": {"weights_md5": "a" * 32}})
+    assert "are not the released file" in not_recorded(experiment, ["model.init_from=/w/x.pth"],
+                                                       [{"init_from_md5": "b" * 32}])
+    assert not_recorded(experiment, ["model.init_from=/w/x.pth"], [{"init_from_md5": "a" * 32}]) is None
+    assert not released_elsewhere({}, [{"init_from_md5": "b" * 32}])
 
 
 @pytest.mark.slow  # VGG16 FCN-8s at the reference geometry, two CLI runs and a 540 MB checkpoint (~1 min)
 def test_released_weights_are_evaluated_end_to_end(tmp_path):
     """`reproduce experiment=fcn8s_voc_released model.init_from=FILE` on a tiny VOC + SBD tree in the
     datasets' layouts, with reference-named weights: no training, the report, the md5, the verdict,
-    and a checkpoint that `segframe.eval` scores the same."""
-    import hashlib
-    import json
-
-    from helpers.cli import run_cli
-    from helpers.datasets import BT, BV, PT, PV, make_sbd, make_voc
-
+    and a checkpoint that `segframe.eval` scores the same and `segframe.predict` runs."""
     voc_root, sbd_root = make_voc(tmp_path / "raw", PT, PV), make_sbd(tmp_path / "raw", BT, BV)
     (tmp_path / "seg11.txt").write_text("pv_only\npv_bv\n")
     weights = tmp_path / "fcn8s_from_caffe.pth"
-    torch.save(reference_state(8, classes=21), weights)
+    torch.save(reference_named(8, classes=21), weights)
     data = [f"data.voc_root={voc_root}", f"data.sbd_root={sbd_root}", "data.split_mode=seg11valid",
             f"data.seg11valid_list={tmp_path / 'seg11.txt'}", f"paths.data_dir={tmp_path / 'data'}"]
     assert run_cli("convert", "data=voc_aug", *data, cwd=tmp_path).returncode == 0
@@ -338,3 +367,7 @@ def test_released_weights_are_evaluated_end_to_end(tmp_path):
                     f"hydra.run.dir={tmp_path / 'eval'}", "datamodule.num_workers=0", "report.num_images=0", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["miou"] == pytest.approx(metrics["miou"])
+    image = next((voc_root / "JPEGImages").glob("pv_only.jpg"))
+    shown = run_cli("predict", f"ckpt={metrics['checkpoint']}", f"input={image}", f"output={tmp_path / 'pred'}",
+                    cwd=tmp_path)
+    assert shown.returncode == 0 and (tmp_path / "pred" / "pv_only_mask.png").is_file(), shown.stderr[-3000:]

@@ -105,6 +105,10 @@ def test_reproduce_trains_the_chain_records_and_judges(tmp_path):
     assert other.returncode == 0 and "stage tiny32 has no finished run here yet" in other.stdout
     assert "not recording" in other.stdout  # a changed recipe stays out of the results
     assert len(list((tmp_path / "runs" / "tiny32" / "seed0" / "checkpoints").glob("best-*.ckpt"))) == 1  # fresh dir
+    # a stage given model.init_from starts from it: no parent run (the reference's FCN-16s from its released 32s)
+    given = run_cli("reproduce", "experiment=tiny16", *common, f"model.init_from={parent_ckpt}", cwd=tmp_path, env=env)
+    assert given.returncode == 0 and "starting from the given model.init_from, not from a tiny32 run" in given.stdout
+    assert "training it first" not in given.stdout and "not recording" in given.stdout
     bad = run_cli("reproduce", "experiment=tiny16", "seeds=zero", *common, cwd=tmp_path, env=env)
     assert bad.returncode == 2 and "seeds must be integers" in bad.stderr
     miss = run_cli("reproduce", "experiment=tiny_miss", *common, cwd=tmp_path, env=env)

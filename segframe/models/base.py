@@ -128,7 +128,9 @@ def read_init_file(path: str | os.PathLike) -> tuple[Path, Any]:
     """The loaded contents of an `init_from` file (never unpickling code), or the error naming it."""
     file = Path(path).expanduser()
     if not file.is_file():
-        raise MissingFileError(f"init_from checkpoint not found: {file} (from model.init_from={path})")
+        where = " (the reference's released FCN weights: README \"Reproducing FCN\", Downloads)" \
+            if file.name.endswith("_from_caffe.pth") else ""
+        raise MissingFileError(f"init_from checkpoint not found: {file} (from model.init_from={path}){where}")
     try:
         return file, torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickled objects, not a torch file...

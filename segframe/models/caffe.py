@@ -52,9 +52,11 @@ def compose(first: Map, layers: Iterable[nn.Module]) -> Map:
 def crop_offset(blob: Map, reference: Map) -> int:
     """Where a crop of `blob` to `reference`'s size starts (Caffe's Crop layer with offsets from
     coord_map): both must have the same scale, and their shift must be a whole number of pixels."""
-    if blob[0] != reference[0] or (blob[1] - reference[1]).denominator != 1:
+    shift = blob[1] - reference[1]
+    if blob[0] != reference[0] or shift.denominator != 1 or shift < 0:
+        # as Caffe's crop asserts: the same scale, a whole shift, and the reference inside the blob
         raise ValueError(f"cannot align a blob mapped as {blob} with one mapped as {reference}")
-    return int(blob[1] - reference[1])
+    return int(shift)
 
 
 def crop_like(x: torch.Tensor, offset: int, height: int, width: int) -> torch.Tensor:

@@ -55,11 +55,13 @@ def file_stride(state: dict[str, torch.Tensor]) -> int:
 
 
 def _check_normalisation(model: nn.Module, file: Path) -> None:
-    if model.channel_order != "bgr" or model.input_scale != 255.0 or any(s != 1.0 for s in model.norm_std):
+    # the mean within 2 grey levels of the reference's (the VGG paper's (103.939, 116.779, 123.68) is, by 1.01)
+    off_mean = any(abs(m - r) > 2.0 for m, r in zip(model.norm_mean, REFERENCE_MEAN))
+    if model.channel_order != "bgr" or model.input_scale != 255.0 or any(s != 1.0 for s in model.norm_std) or off_mean:
         raise ConfigError(
             f"init_from {file} holds the reference FCN's weights, which expect BGR 0..255 minus the BGR mean, but the "
             f"model normalises as channel_order={model.channel_order}, input_scale={model.input_scale}, "
-            f"std={list(model.norm_std)}; set model.channel_order=bgr model.input_scale=255 "
+            f"mean={list(model.norm_mean)}, std={list(model.norm_std)}; set model.channel_order=bgr model.input_scale=255 "
             f"model.mean=[{', '.join(map(str, REFERENCE_MEAN))}] model.std=[1,1,1] (the fcn*_voc_paper experiments do)")
 
 
