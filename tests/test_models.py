@@ -252,3 +252,29 @@ def test_init_from_refuses_a_parent_with_other_normalisation(tmp_path) -> None:
     child = FCN(3, stride=16, backbone="resnet18", init_from=str(path), channel_order="bgr", input_scale=255.0,
                 mean=(103.939, 116.779, 123.68), std=(1, 1, 1))
     assert torch.equal(child.score_s32.weight, parent.score_s32.weight)
+
+
+@pytest.mark.parametrize("stride", [32, 8])
+def test_bf16_autocast_gradients_match_fp32(stride: int) -> None:
+    """Under bf16 autocast on the CPU (trainer.precision=bf16-mixed, what `auto` picks with bf16 units)
+    the gradients reaching the score layers are fp32's up to bf16 rounding. On AMX CPUs oneDNN's bf16
+    transposed convolution returned a wrong input gradient at stride 8 / 32 (cosine ~0, norm x0.12),
+    and FCN training learnt nothing (models/fcn.py upsample); the upsamplers now run in fp32 there."""
+    torch.manual_seed(0)
+    model = FCN(NUM_CLASSES, stride, "resnet18")
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.out_channels == NUM_CLASSES:
+            torch.nn.init.normal_(m.weight, std=0.05)  # score layers: non-zero, so gradients pass through
+    x, y = torch.rand(4, 3, 64, 64), torch.randint(0, NUM_CLASSES, (4, 64, 64))
+
+    def grads(bf16: bool) -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+        F.cross_entropy(out.float(), y).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if n.startswith("score_")}
+
+    fp32, bf16 = grads(False), grads(True)
+    for name, g in fp32.items():
+        cos = F.cosine_similarity(g.flatten(), bf16[name].flatten(), dim=0)
+        assert cos > 0.98 and 0.9 < bf16[name].norm() / g.norm() < 1.1, (name, float(cos))

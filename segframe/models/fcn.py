@@ -70,6 +70,25 @@ def upsampler(channels: int, factor: int, fixed: bool = False, padded: bool = Tr
     return up
 
 
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 has no device argument
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+def upsample(layer: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+    """layer(x), in fp32 when autocast is on. On CPUs with AMX (Intel Xeon, amx_bf16), oneDNN's bf16
+    transposed convolution returns a wrong input gradient at large strides (torch 2.14.1, measured:
+    stride 8, kernel 16, padding 4 gives cosine 0.0001 against fp32; stride 2 is exact), so bf16
+    training learnt nothing upstream of FCN-8s's last upsampler (quickstart: 14 mIoU for 72). The layer
+    has only the class channels: fp32 costs little. Without autocast (fp32, export) it is layer(x)."""
+    if _autocast_on(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return layer(x.float())
+    return layer(x)
+
+
 def score_layer(in_channels: int, num_classes: int) -> nn.Conv2d:
     # zero init as in the paper: a freshly added skip branch contributes nothing at first,
     # so FCN-16s initialised from FCN-32s starts out computing (nearly) the 32s prediction
@@ -207,8 +226,8 @@ class FCN(SegmentationModel):
         feats = self.backbone(x)
         score = self.score_s32(feats["s32"])
         if self.stride <= 16:
-            score = self._skip(self.up_s32(score), "s16", feats, self.skip_scales[0])
+            score = self._skip(upsample(self.up_s32, score), "s16", feats, self.skip_scales[0])
         if self.stride == 8:
-            score = self._skip(self.up_s16(score), "s8", feats, self.skip_scales[1])
-        out = self.up_final(score)
+            score = self._skip(upsample(self.up_s16, score), "s8", feats, self.skip_scales[1])
+        out = upsample(self.up_final, score)
         return crop_like(out, self.offsets["final"], *x.shape[-2:]) if self.offsets else out
