@@ -6,6 +6,7 @@ not copied from it."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -39,7 +40,33 @@ CONVS = [("conv1_1", 3, 64), ("conv1_2", 64, 64), ("conv2_1", 64, 128), ("conv2_
 
 def reference_named(stride: int, classes: int = C, seed: int = 0) -> dict[str, torch.Tensor]:
     """A state dict under the reference's names (pytorch-fcn's FCN32s/16s/8s), random non-zero weights
-    (scaled to keep activations in range), bilinear upsamplers as the released files hold them."""
+    (scaled to keep activations in range), bilinear upsamplers as the released files hold them. A new
+    dict each call (tests change it); the tensors, 540 MB a net, are made once per module."""
+    return dict(_reference_named(stride, classes, seed))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_reference_tensors():
+    yield
+    _reference_named.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """The path of reference_named(stride)'s file, written once per module."""
+    folder = tmp_path_factory.mktemp("reference")
+
+    def path(stride: int) -> Path:
+        file = folder / f"fcn{stride}s.pth"
+        if not file.exists():
+            torch.save(reference_named(stride), file)
+        return file
+
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def _reference_named(stride: int, classes: int, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     state = {}
 
@@ -126,13 +153,12 @@ def test_crop_offsets_follow_from_the_layers_and_equal_the_reference(stride):
 
 
 @pytest.mark.parametrize("stride", [32, 16, 8])
-def test_caffe_geometry_matches_the_reference_forward_at_odd_sizes(stride, tmp_path):
+def test_caffe_geometry_matches_the_reference_forward_at_odd_sizes(stride, saved):
     """Loaded from a file under the reference's names, the caffe-geometry net computes the reference
     net's outputs (pad 100, ceil pooling, valid fc6, crops at 5 / 9 / 19, 27, 31) at sizes that are
     no multiple of anything, down to 1 pixel."""
     state = reference_named(stride)
-    torch.save(state, tmp_path / "ref.pth")
-    model = caffe_fcn(stride, init_from=str(tmp_path / "ref.pth")).eval()
+    model = caffe_fcn(stride, init_from=str(saved(stride))).eval()
     for h, w in [(1, 1), (37, 53), (71, 30)]:
         rgb = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(h))
         bgr = rgb.flip(1) * 255 - torch.tensor(REFERENCE_MEAN).view(1, 3, 1, 1)
@@ -170,13 +196,12 @@ def test_caffe_padding_is_for_vgg16_fcns_only():
 # --------------------------------------------------------------------------- weight names
 
 
-def test_reference_names_map_onto_segframes_fcn(tmp_path):
+def test_reference_names_map_onto_segframes_fcn(saved):
     mapped = set(BACKBONE_NAMES.values())
     assert {f"{n}.weight" for n in mapped} | {f"{n}.bias" for n in mapped} == \
         {k for k in caffe_fcn(32).state_dict() if k.startswith("backbone.")}
     # a coarser reference net starts a finer stage: its last upsampler is left out, the new skip stays zero
-    torch.save(reference_named(32), tmp_path / "fcn32s.pth")
-    model = caffe_fcn(16, init_from=str(tmp_path / "fcn32s.pth"))
+    model = caffe_fcn(16, init_from=str(saved(32)))
     assert torch.equal(model.score_s32.weight, reference_named(32)["score_fr.weight"])
     assert not model.score_s16.weight.any() and torch.equal(model.up_final.weight, bilinear_kernel(C, 32))
 
@@ -195,16 +220,16 @@ def test_a_file_that_does_not_fit_is_refused_listing_the_tensors(tmp_path, chang
         caffe_fcn(32, init_from=str(tmp_path / "bad.pth"))
 
 
-def test_a_finer_file_or_the_wrong_input_is_refused(tmp_path):
-    torch.save(reference_named(8), tmp_path / "fcn8s.pth")
+def test_a_finer_file_or_the_wrong_input_is_refused(saved):
+    fcn8s = str(saved(8))
     with pytest.raises(ConfigError, match="reference FCN-8s, finer than this FCN-32s.*model=fcn8s"):
-        caffe_fcn(32, init_from=str(tmp_path / "fcn8s.pth"))
+        caffe_fcn(32, init_from=fcn8s)
     with pytest.raises(ConfigError, match="expect BGR 0..255.*model.channel_order=bgr model.input_scale=255"):
-        FCN(C, 8, "vgg16", init_from=str(tmp_path / "fcn8s.pth"))
+        FCN(C, 8, "vgg16", init_from=fcn8s)
     # BGR 0..255 with the ImageNet mean of [0, 1] inputs: as wrong, and refused too
     with pytest.raises(ConfigError, match=r"mean=\[0.485"):
-        caffe_fcn(8, mean=(0.485, 0.456, 0.406), init_from=str(tmp_path / "fcn8s.pth"))
-    caffe_fcn(8, mean=(103.939, 116.779, 123.68), init_from=str(tmp_path / "fcn8s.pth"))  # the VGG paper's: close
+        caffe_fcn(8, mean=(0.485, 0.456, 0.406), init_from=fcn8s)
+    caffe_fcn(8, mean=(103.939, 116.779, 123.68), init_from=fcn8s)  # the VGG paper's: close
 
 
 def test_a_reference_stage_starts_the_next_and_old_torch_files_load(tmp_path):
