@@ -67,17 +67,17 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     callbacks += [RunConfig(config, knobs.record()), *components.callbacks(cfg.get("callbacks"), logging=bool(loggers))]
     trainer = components.trainer(cfg.trainer, run_dir, callbacks, loggers or False, plugins, knobs.precision)
     split = cfg.eval.split
-    start = time.time()
     if cfg.evaluate_only:
         fit_seconds, best = 0.0, str(ckpt_dir / EVALUATED)
         # the file and its digest before the evaluation: a warning about it comes first, not after it
         weights = evaluated_weights(cfg.model.init_from, (cfg.get("reference") or {}).get("weights_md5"))
-        log.info("evaluate_only: evaluating the weights of %s on split %s", weights["init_from"], split)
         start = time.time()
+        log.info("evaluate_only: evaluating the weights of %s on split %s", weights["init_from"], split)
         trainer.test(module, datamodule=dm, verbose=False)
         eval_seconds = time.time() - start
         trainer.save_checkpoint(best)  # the weights as evaluated, as a checkpoint eval, predict and export take
     else:
+        start = time.time()
         try:
             trainer.fit(module, datamodule=dm, ckpt_path=str(resume.path) if resume else None)
         except Requeued as exc:  # SLURM will start this same command again; resume=auto picks it up
