@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from segframe.commands import convert_command, data_choice, this_command
 from segframe.config import check_keys
 from segframe.data.browse import browse
-from segframe.data.described import check_name, describe
+from segframe.data.described import changes, check_name, describe, is_described
 from segframe.data.manifest import MANIFEST, empty_classes, read_manifest
 from segframe.data.preparation import conversion_diff, convert_dataset
 from segframe.data.remote import refuse_write
@@ -38,6 +38,9 @@ def convert(cfg: DictConfig, run_dir: Path | None = None) -> int:
     described = data_choice(data) != data.name  # data=folder data.name=cells: written as data/cells.yaml
     if described:
         check_name(data.name)
+    # data=cells "data.label_map={255: 1}": the settings given here go into cells.yaml once they convert,
+    # so that the next `train data=cells` means them (and does not refuse the shards as stale)
+    updated = changes(data) if not described and is_described(data.name) else []
     source = instantiate(data.source)
     if (Path(data.shard_dir) / MANIFEST).is_file() and not cfg.overwrite:
         try:
@@ -50,8 +53,8 @@ def convert(cfg: DictConfig, run_dir: Path | None = None) -> int:
             stale = conversion_diff(manifest, data, source, raw_files=True)
             for line in stale:
                 print(f"  but {line}: pass overwrite=true to convert it again")
-            if described and not stale:
-                _describe(data)
+            if (described or updated) and not stale:
+                _describe(data, updated)
             return 0
     start = time.time()
     manifest = convert_dataset(data, num_workers=cfg.num_workers, on_bad=cfg.on_bad, source=source)
@@ -62,17 +65,17 @@ def convert(cfg: DictConfig, run_dir: Path | None = None) -> int:
     if empty and ignored and "label_map" in data:
         print(f"classes {empty} have no labelled pixels; if your masks store them as 255 (0/255 binary masks), "
               f"convert again with the label map:\n  {this_command('convert', 'data.label_map={255: 1}', 'overwrite=true')}")
-    if described:
-        _describe(data)
-    print(f"look at it: python -m segframe.convert data={data.name} browse=true" if described else
+    if described or updated:
+        _describe(data, updated)
+    print(f"look at it: python -m segframe.convert data={data.name} browse=true" if described or updated else
           f"look at it: {convert_command(data)} browse=true")
     return 0
 
 
-def _describe(data: DictConfig) -> None:
+def _describe(data: DictConfig, updated: list[str]) -> None:
     path = describe(data, this_command("convert"))
-    print(f"described {data.name} in {path}: from now on data={data.name} stands for these settings, e.g. "
-          f"`python -m segframe.train data={data.name}`")
+    print((f"updated {path} ({'; '.join(updated)})" if updated else f"described {data.name} in {path}")
+          + f": from now on data={data.name} stands for these settings, e.g. `python -m segframe.train data={data.name}`")
 
 
 def _browse(cfg: DictConfig, run_dir: Path) -> int:

@@ -122,10 +122,19 @@ def test_binary_masks_the_advised_commands_work_as_pasted(tmp_path):
     (from_train,) = advised(refused.stderr)
     (from_convert,) = advised(first)
     assert '"data.label_map={255: 1}"' in from_train and "'data.label_map={255: 1}'" in from_convert
-    for command in (from_convert, from_train):  # each as printed
-        out = ok(run(command, env, tmp_path))
-        assert "no labelled pixels" not in out and "converted cells" in out
-    # the described config now carries the label map; the shards say cell has pixels
+    # training's advice alone (data=cells plus the map) must lead somewhere: it writes the map into
+    # cells.yaml, says so, and the next `train data=cells` trains (it used to refuse the shards as
+    # converted with another label_map, and advise a convert without it: a loop)
+    out = ok(run(from_train, env, tmp_path))
+    assert "no labelled pixels" not in out and "converted cells" in out
+    assert f"updated {described} (" in out and "label_map: None -> {255: 1}" in out
+    assert "label_map:\n  255: 1" in described.read_text()
+    assert "'data.label_map={255: 1}' overwrite=true" in described.read_text()  # the header: what wrote it
+    trained = run(pasted(commands[2], root), env, tmp_path, *SMALL, "trainer.max_steps=1",
+                  f"hydra.run.dir={tmp_path / 'one-step'}")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    out = ok(run(from_convert, env, tmp_path))  # the converter's own advice, as printed, works too
+    assert "no labelled pixels" not in out and "converted cells" in out
     manifest = json.loads((tmp_path / "data" / "cells" / "manifest.json").read_text())
     assert manifest["splits"]["train"]["class_pixels"][1] > 0 and "label_map:\n  255: 1" in described.read_text()
     use(commands, root, tmp_path, env, "cells", ["background", "cell"], manifest["palette"])

@@ -13,6 +13,7 @@ from typing import Any
 from hydra.utils import instantiate
 
 from segframe.commands import convert_command
+from segframe.data.described import config_path, is_described
 from segframe.data.manifest import MANIFEST, empty_classes, read_manifest, split_info
 from segframe.data.remote import is_remote, locate
 from segframe.data.shard_writer import wait_for_conversion, write_dataset
@@ -85,6 +86,9 @@ def check_current(data: Any, manifest: dict[str, Any]) -> None:
         fix = ("set those data.source options to the recorded values, or point data.shard_dir at a dataset converted "
                "with yours (convert locally, then upload)" if is_remote(data.shard_dir) else
                f"reconvert with `{convert_command(data)} overwrite=true`, or set data.shard_dir to another folder")
+        if is_described(data.name) and not is_remote(data.shard_dir):
+            fix += (f" (the config is {config_path(data.name)}: edit it back to the recorded values to use these "
+                    "shards as they are)")
         raise ConfigError(f"{locate(data.shard_dir, MANIFEST)}: " + "; ".join(lines) + f"; {fix}")
 
 
