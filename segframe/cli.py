@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
@@ -15,11 +16,14 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf.errors import OmegaConfBaseException
 
+from segframe.atomic import write_text_atomic
 from segframe.errors import LaunchError, SegframeError
 
 T = TypeVar("T")
 
 log = logging.getLogger("segframe")
+
+FAILURE = "failure.txt"  # in a sweep job's run directory: why it failed, one line
 
 
 def user_error(exc: BaseException) -> bool:
@@ -43,6 +47,7 @@ def run(job: Callable[[], T]) -> T:
             # one failed run must not end an overnight sweep: log it, and the sweep summary
             # lists the run as failed (it wrote no metrics.json)
             log.exception("run failed: %s", exc)
+            record_failure(exc)
             if not _basic_sweeper():
                 # optimisation sweepers (Optuna) record a raised run as a failed trial and go on
                 # (hydra.sweeper.max_failure_rate); a returned nan would crash hydra-optuna-sweeper
@@ -56,10 +61,22 @@ def run(job: Callable[[], T]) -> T:
         fail(message, f"{type(exc).__name__}: {message}")
 
 
-def fail(message: str, logged: str | None = None) -> NoReturn:
+def reason(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one line for a table: its type and message, whitespace folded, cut at `limit`."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def record_failure(exc: BaseException) -> None:
+    """Leave the reason a sweep job failed in its run directory (FAILURE), for the sweep summary."""
+    write_text_atomic(Path(HydraConfig.get().runtime.output_dir) / FAILURE, reason(exc) + "\n")
+
+
+def fail(message: str, logged: str | None = None,
+         hint: str = "(set SEGFRAME_TRACEBACK=1 for the full traceback)") -> NoReturn:
     """Print a user error as one paragraph (and record it in the run's log file); exit 1."""
     _log_to_files(logged or message)
-    print(f"\nerror: {message}\n(set SEGFRAME_TRACEBACK=1 for the full traceback)", file=sys.stderr)
+    print(f"\nerror: {message}\n{hint}", file=sys.stderr)
     sys.exit(1)
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from segframe.cli import fail
+from segframe.cli import FAILURE, fail
 from segframe.errors import LaunchError
 from segframe.metric_names import SUMMARY_HEADERS, image_summary_keys, percent, summary_keys
 
@@ -44,14 +44,18 @@ def summarize(sweep_dir: str | Path, metric: str = "miou") -> list[dict[str, Any
     for run in sorted(runs, key=lambda p: (int(p.name), "") if p.name.isdigit() else (1 << 30, p.name)):
         overrides_file = run / ".hydra" / "overrides.yaml"
         overrides = " ".join(OmegaConf.load(overrides_file)) if overrides_file.is_file() else ""
-        row: dict[str, Any] = {"run": run.name, "overrides": overrides, "status": "failed"}
+        row: dict[str, Any] = {"run": run.name, "overrides": overrides, "status": "failed", "reason": ""}
         if (run / "metrics.json").is_file():
             m = json.loads((run / "metrics.json").read_text())
             row.update({k: m.get(k) for k in columns}, status="ok")
+        elif (run / FAILURE).is_file():
+            row["reason"] = (run / FAILURE).read_text().strip()
+        else:  # a job killed from outside (out of memory, a scheduler's time limit) records nothing
+            row["reason"] = f"no metrics.json and no recorded error: killed, or still running? see {run.name}/*.log"
         rows.append(row)
     scored = [r for r in rows if r.get(metric) is not None]
     best = max(scored, key=lambda r: r[metric]) if scored else None
-    fields = ["run", "overrides", "status", *columns, "best"]
+    fields = ["run", "overrides", "status", "reason", *columns, "best"]
     for r in rows:
         r["best"] = "*" if r is best else ""
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
@@ -61,7 +65,8 @@ def summarize(sweep_dir: str | Path, metric: str = "miou") -> list[dict[str, Any
     lines = ["| run | overrides | " + " | ".join(SUMMARY_HEADERS[k] for k in columns) + " | best |",
              "| --- | --- | " + " | ".join("---:" for _ in columns) + " | :-: |"]
     for r in rows:
-        cells = [percent(r.get(k)) for k in columns] if r["status"] == "ok" else ["failed"] + [""] * (len(columns) - 1)
+        failed = "failed: " + r["reason"].replace("|", "\\|")
+        cells = [percent(r.get(k)) for k in columns] if r["status"] == "ok" else [failed] + [""] * (len(columns) - 1)
         lines.append(f"| {r['run']} | {r['overrides']} | " + " | ".join(cells) + f" | {r['best']} |")
     if (sweep_dir / OPTUNA_RESULTS).is_file():
         result = OmegaConf.to_container(OmegaConf.load(sweep_dir / OPTUNA_RESULTS))
@@ -81,12 +86,95 @@ class SweepSummary(Callback):
             check_sweep(config)
         except LaunchError as exc:
             fail(str(exc))
+        check_jobs_compose(config)
+        continue_optuna_study(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir():
-            summarize(sweep_dir)
-            log.info("sweep summary:\n%s", (sweep_dir / "summary.md").read_text())
+        if not sweep_dir.is_dir():
+            return
+        rows = summarize(sweep_dir)
+        log.info("sweep summary:\n%s", (sweep_dir / "summary.md").read_text())
+        print(f"sweep summary: {sweep_dir / 'summary.md'} (and summary.csv)")
+        failed = [r for r in rows if r["status"] != "ok"]
+        if failed:  # a sweep that lost runs must not look like a success to a script or a scheduler
+            fail(f"{len(failed)} of {len(rows)} runs failed:\n" + "\n".join(
+                f"  run {r['run']} ({r['overrides']}): {r['reason']}" for r in failed[:10])
+                + (f"\n  ... and {len(failed) - 10} more" if len(failed) > 10 else "")
+                + f"\nevery run is listed in {sweep_dir / 'summary.md'}",
+                hint=f"(each run's log holds its traceback: {sweep_dir}/<run>/*.log)")
+
+
+# --------------------------------------------------------------------------- before the first job
+
+
+def _jobs(config: DictConfig, loader: Any) -> list[list[str]]:
+    """The override lists of the sweep's jobs whose configs differ in composition: the basic sweeper's
+    every combination; for another sweeper (Optuna) each value of each discrete sweep once, with the
+    other keys at their first value (its numeric ranges are values, they compose alike)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{k}={v}" for k, v in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(params + list(config.hydra.overrides.task))
+    if str(config.hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+        return BasicSweeper.split_arguments(parsed, None)[0]
+    kept = [o for o in parsed if not o.is_sweep_override() or o.is_discrete_sweep()]
+    values = {o.get_key_element(): [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+              if o.is_sweep_override() else [o.input_line] for o in kept}
+    first = [v[0] for v in values.values()]
+    jobs = [first]
+    for i, choices in enumerate(values.values()):
+        jobs += [first[:i] + [choice] + first[i + 1:] for choice in choices[1:]]
+    return jobs
+
+
+def check_jobs_compose(config: DictConfig) -> None:
+    """Compose every job's config before the first one starts, and refuse the sweep, listing them all,
+    when any cannot be composed (an unknown experiment, a misspelt key): Hydra stops a sweep at the
+    first such job, and the jobs after it, valid ones included, would never run."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not GlobalHydra.instance().is_initialized():
+        return
+    loader = GlobalHydra.instance().config_loader()
+    jobs = _jobs(config, loader)
+    refused = []
+    for i, job in enumerate(jobs):
+        try:
+            loader.load_sweep_config(master_config=config, sweep_overrides=list(job))
+        except Exception as exc:  # noqa: BLE001 (any composition error: Hydra's, OmegaConf's, a resolver's)
+            refused.append((i, job, exc))
+    if refused:
+        first = refused[0][2]
+        fail(f"{len(refused)} of the sweep's {len(jobs)} job configs cannot be composed, so no job was run:\n"
+             + "\n".join(f"  {' '.join(job)}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                         for _, job, exc in refused)
+             + f"\nfix or drop those values and run the sweep again. The first error in full:\n{first}")
+
+
+def continue_optuna_study(config: DictConfig) -> None:
+    """`hydra.sweeper.storage=sqlite:///...` keeps an Optuna study, and the same command later continues
+    it. The sampler's seed is fixed (a search is repeatable), so a continued study would draw the trials
+    it already has: offset the seed by the trials the study holds (in the config the sweeper is about
+    to be made from), so that continuing adds new points, and the same sequence of commands still gives
+    the same trials."""
+    sweeper = OmegaConf.select(config, "hydra.sweeper")
+    if sweeper is None or "Optuna" not in str(sweeper.get("_target_", "")) or not sweeper.get("storage"):
+        return
+    seed = OmegaConf.select(sweeper, "sampler.seed")
+    if seed is None:
+        return
+    import optuna
+
+    summaries = optuna.study.get_all_study_summaries(storage=sweeper.storage)
+    held = next((s.n_trials for s in summaries if s.study_name == sweeper.study_name), 0)
+    if held:
+        with open_dict(config):
+            sweeper.sampler.seed = int(seed) + held
+        log.info("continuing Optuna study %s in %s: it holds %d trials, so the sampler seed is %d + %d = %d "
+                 "(new points, not its first trials again)", sweeper.study_name, sweeper.storage, held, seed, held,
+                 sweeper.sampler.seed)
 
 
 # --------------------------------------------------------------------------- process layouts

@@ -83,7 +83,11 @@ def test_optuna_records_a_failed_run_and_goes_on(tmp_path):
             sweep_summary: {_target_: segframe.sweep.SweepSummary}
         """))
     (tmp_path / "task.py").write_text(textwrap.dedent("""\
+        import json
+        from pathlib import Path
+
         import hydra
+        from hydra.core.hydra_config import HydraConfig
         from segframe.cli import run
 
         @hydra.main(config_path=".", config_name="conf", version_base="1.3")
@@ -91,6 +95,8 @@ def test_optuna_records_a_failed_run_and_goes_on(tmp_path):
             def job():
                 if cfg.x < 0:
                     raise ValueError("x must not be negative")
+                out = HydraConfig.get().runtime.output_dir  # what segframe.train leaves for the summary
+                (Path(out) / "metrics.json").write_text(json.dumps({"miou": cfg.x}))
                 return cfg.x
             return run(job)
 
@@ -102,11 +108,13 @@ def test_optuna_records_a_failed_run_and_goes_on(tmp_path):
     res = subprocess.run([sys.executable, "task.py", "-m"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(
                              [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")])})
-    _ok(res)
+    assert res.returncode == 1  # a sweep that lost a run says so to the shell
     assert "Failed experiment: x must not be negative" in res.stdout + res.stderr
     assert OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml").best_params == {"x": 0.5}
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1", "2"]  # it went on
-    assert "Optuna best (optimization_results.yaml): x=0.5" in (tmp_path / "sweep" / "summary.md").read_text()
+    summary = (tmp_path / "sweep" / "summary.md").read_text()
+    assert "Optuna best (optimization_results.yaml): x=0.5" in summary
+    assert "failed: ValueError: x must not be negative" in summary and "1 of 3 runs failed" in res.stderr
 
 
 def test_slurm_launcher_config_composes_with_project_defaults():
