@@ -10,6 +10,7 @@
   resumed run draws the masks an uninterrupted run would have drawn.
 - `resumable()` builds them all from the `checkpoint` config node.
 - `RunConfig` records the run's config in each checkpoint, for the resumed run's list of changed settings.
+- `RunClock` carries the run's fit time and trained images across its processes, in each checkpoint.
 
 Where a resumed run picks up (`resume=`) is resume.py; the data side (a resumed epoch continues its
 seeded order without the batches already trained) is data/datamodule.py.
@@ -52,6 +53,56 @@ class RunConfig(Callback):
         checkpoint["run_config"] = self.config
         if self.speed_knobs is not None:
             checkpoint["speed_knobs"] = self.speed_knobs
+
+
+class RunClock(Callback):
+    """The run's fit seconds and training images over all of its processes, carried in every checkpoint
+    (its callback state): a resumed process adds its own to what its checkpoint recorded. A process
+    counts up to the checkpoint the next one resumed from: the steps a killed process trained after
+    its last checkpoint were lost, and are trained, timed and counted again by the resumed process,
+    once. A process that trained no step (a finished fit resumed for its evaluation) adds nothing.
+
+    `start_step`: the step this process starts at, for a checkpoint written before RunClock existed."""
+
+    def __init__(self, batch_size: int, start_step: int = 0):
+        self.batch_size = int(batch_size)
+        self.before: dict[str, Any] = {"fit_seconds_per_process": [], "train_images": 0, "step": int(start_step)}
+        self.fit_complete = False  # set when fit ends normally: the final last.ckpt records it
+        self._trainer: pl.Trainer | None = None
+        self._started = time.monotonic()
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._trainer, self._started = trainer, time.monotonic()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.fit_complete = True  # before LastCheckpoint's final save: Lightning runs checkpoint callbacks last
+
+    def _steps(self) -> int:
+        """Optimizer steps this process trained."""
+        return int(self._trainer.global_step) - int(self.before["step"]) if self._trainer is not None else 0
+
+    def record(self) -> dict[str, Any]:
+        """What metrics.json reports: the seconds of each process that trained, their sum, and the
+        images trained (each once)."""
+        trainer, steps = self._trainer, self._steps()
+        per_process = [*self.before["fit_seconds_per_process"],
+                       *([round(time.monotonic() - self._started, 1)] if steps > 0 else [])]
+        images = int(self.before["train_images"]) + (steps * self.batch_size * trainer.accumulate_grad_batches
+                                                     * trainer.world_size if trainer is not None else 0)
+        return {"fit_seconds": round(sum(per_process), 1), "fit_seconds_per_process": per_process,
+                "fit_processes": len(per_process), "train_images": images}
+
+    def state_dict(self) -> dict[str, Any]:
+        record = self.record()
+        return {"fit_seconds_per_process": record["fit_seconds_per_process"], "train_images": record["train_images"],
+                "step": int(self._trainer.global_step) if self._trainer is not None else int(self.before["step"]),
+                "fit_complete": self.fit_complete}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.before = {"fit_seconds_per_process": [float(s) for s in state_dict.get("fit_seconds_per_process", [])],
+                       "train_images": int(state_dict.get("train_images", 0)),
+                       "step": int(state_dict.get("step", self.before["step"]))}
 
 
 class Requeued(Exception):
@@ -230,7 +281,8 @@ def slurm_requeue_plugins() -> tuple[list[Any], int | None]:
 def resumable(ckpt_dir: Path, seed: int, monitor: str, mode: str, every_n_steps: int | None = None,
               every_minutes: float | None = None, slurm_requeue: bool = True) -> tuple[BestCheckpoint, list, list]:
     """(the best-checkpoint callback, every checkpointing callback, Trainer plugins) of a training run;
-    the keyword arguments are the `checkpoint` config node's keys."""
+    the keyword arguments are the `checkpoint` config node's keys. (RunClock is the caller's: it
+    needs the batch size.)"""
     best = BestCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode=mode, filename="best-epoch{epoch:03d}",
                           auto_insert_metric_name=False, save_top_k=1)
     plugins, requeue_signal = slurm_requeue_plugins()

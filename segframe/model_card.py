@@ -39,6 +39,20 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d} (h:mm:ss; {seconds} s)"
 
 
+def _fit_time(metrics: dict[str, Any]) -> str:
+    """The fit's wall time; for a run resumed after a stop, over its processes, each one's beside it."""
+    per_process = metrics.get("fit_seconds_per_process") or []
+    if len(per_process) < 2:
+        return _duration(metrics.get("fit_seconds"))
+    return (f"{_duration(metrics.get('fit_seconds'))}, over {len(per_process)} processes (resumed "
+            f"{len(per_process) - 1}x; {' + '.join(f'{s} s' for s in per_process)})")
+
+
+def _throughput(metrics: dict[str, Any]) -> str:
+    rate, images = metrics.get("train_images_per_s"), metrics.get("train_images")
+    return f"{_text(rate)}" + (f" ({images:,} images trained / fit time)" if isinstance(images, int) else "")
+
+
 def recipe(config: dict[str, Any], metrics: dict[str, Any]) -> list[tuple[str, str]]:
     """The training recipe as (name, value) rows, from the run's resolved plain config."""
     optimizer, datamodule = config.get("optimizer") or {}, config.get("datamodule") or {}
@@ -101,7 +115,8 @@ def render_card(metrics: dict[str, Any], config: dict[str, Any], per_class_table
               f"| device | {_text(hardware.get('device'))} |",
               f"| device count | {_text(hardware.get('device_count'))} |",
               f"| torch | {_text(hardware.get('torch'))} |",
-              f"| wall time (fit) | {_duration(metrics.get('fit_seconds'))} |",
+              f"| wall time (fit) | {_fit_time(metrics)} |",
+              f"| training images/s | {_throughput(metrics)} |",
               f"| git commit | {_text(metrics.get('git_commit'))} |", "",
               "## Checkpoint", "", f"- path: `{ckpt}`", f"- sha256: `{_text(checkpoint_sha256)}`", "",
               "## How to load it", "",

@@ -6,6 +6,7 @@ fits nothing: it evaluates the weights of `model.init_from` as the model loaded 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -15,14 +16,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from segframe import components, speed
-from segframe.checkpointing import EVALUATED, LAST, Requeued, RunConfig, resumable
+from segframe.checkpointing import EVALUATED, LAST, Requeued, RunClock, RunConfig, resumable
 from segframe.config import ConfigError, check_keys, plain
 from segframe.data.manifest import split_info
 from segframe.data.preparation import check_labelled, ensure_converted
 from segframe.model_card import write_model_card
 from segframe.module import SegModule
 from segframe.report import finish_run, predict_examples
-from segframe.resume import continue_logs, find_resume
+from segframe.resume import METRICS, continue_logs, find_resume, mid_epoch_resume
 
 log = logging.getLogger("segframe")
 
@@ -41,6 +42,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         )
     config = plain(cfg)
     resume = find_resume(cfg.resume, run_dir, config)
+    if resume is not None and resume.finished:  # its metrics, card and checkpoints stay byte for byte
+        return float(json.loads((resume.run_dir / METRICS).read_text()).get("miou") or 0.0)
     run_dir = resume.run_dir if resume is not None else run_dir
     knobs = components.speed_choice(cfg.trainer, cfg.module.channels_last)  # may probe: before seeding
     moved = speed.changed_since(resume.speed_knobs, knobs) if resume is not None else None
@@ -64,11 +67,14 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     loggers = [instantiate(c, save_dir=str(run_dir)) for c in cfg.logger.values()]
     if resume is not None:
         continue_logs(loggers, resume)
-    callbacks += [RunConfig(config, knobs.record()), *components.callbacks(cfg.get("callbacks"), logging=bool(loggers))]
+    clock = RunClock(cfg.datamodule.batch_size, start_step=resume.step if resume else 0)
+    callbacks += [RunConfig(config, knobs.record()), clock,
+                  *components.callbacks(cfg.get("callbacks"), logging=bool(loggers))]
     trainer = components.trainer(cfg.trainer, run_dir, callbacks, loggers or False, plugins, knobs.precision)
     split = cfg.eval.split
     if cfg.evaluate_only:
-        fit_seconds, best = 0.0, str(ckpt_dir / EVALUATED)
+        best, fit = str(ckpt_dir / EVALUATED), {"fit_seconds": 0.0, "fit_seconds_per_process": [],
+                                                "fit_processes": 0, "train_images": 0}
         # the file and its digest before the evaluation: a warning about it comes first, not after it
         weights = evaluated_weights(cfg.model.init_from, (cfg.get("reference") or {}).get("weights_md5"))
         start = time.time()
@@ -77,13 +83,13 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         eval_seconds = time.time() - start
         trainer.save_checkpoint(best)  # the weights as evaluated, as a checkpoint eval, predict and export take
     else:
-        start = time.time()
         try:
-            trainer.fit(module, datamodule=dm, ckpt_path=str(resume.path) if resume else None)
+            with mid_epoch_resume(resume):
+                trainer.fit(module, datamodule=dm, ckpt_path=str(resume.path) if resume else None)
         except Requeued as exc:  # SLURM will start this same command again; resume=auto picks it up
             log.warning("%s; stopping here", exc)
             return float("nan")
-        fit_seconds = time.time() - start
+        fit = clock.record()
         best = best_cb.best_model_path or str(ckpt_dir / LAST)
         log.info("evaluating %s on split %s", best, split)
         trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
@@ -91,15 +97,14 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         return float("nan")
     examples = predict_examples(module, dm.eval_dataloader(split), cfg.report.num_images) \
         if cfg.report.num_images > 0 else None
-    # this session's steps only: a resumed run's earlier steps took their time in another process
-    images = (trainer.global_step - (resume.step if resume else 0)) * trainer.accumulate_grad_batches \
-        * int(cfg.datamodule.batch_size) * trainer.world_size
+    # `fit`: the whole run's, over its processes (RunClock): a resumed process adds its own to what its
+    # checkpoint carried, and steps that a killed process lost and the next one trained again count once
     info = {"dataset": dm.manifest["name"], "split": split, "checkpoint": str(best),
             "num_samples": dm.manifest["splits"][split]["num_samples"], "inference": module.inference,
-            "fit_seconds": round(fit_seconds, 1), "epochs": trainer.current_epoch, "steps": trainer.global_step,
+            **fit, "epochs": trainer.current_epoch, "steps": trainer.global_step,
             "resumed_from": str(resume.path) if resume else None,
-            "train_images_per_s": round(images / max(fit_seconds, 1e-9), 2), "speed_knobs": knobs.record(),
-            **components.model_size(module.model, cfg.data.crop_size)}
+            "train_images_per_s": round(fit["train_images"] / max(fit["fit_seconds"], 1e-9), 2),
+            "speed_knobs": knobs.record(), **components.model_size(module.model, cfg.data.crop_size)}
     if cfg.evaluate_only:
         info.update(weights, eval_seconds=round(eval_seconds, 1),
                     eval_seconds_per_image=round(eval_seconds / max(info["num_samples"], 1), 3))
