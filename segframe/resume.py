@@ -1,15 +1,22 @@
 """Where a resumed run picks up: `resume=PATH|auto` turned into a checkpoint and the run directory it
 belongs to, and that run's CSV and TensorBoard logs continued without duplicates (what the killed
-process logged after its checkpoint is dropped: the resumed run logs it again).
+process logged after its checkpoint is dropped: the resumed run logs it again). A run whose fit and
+report are already done is left alone (`ResumePoint.finished`). A resume from inside an epoch says
+what segframe does about it, instead of Lightning's warning that the loader cannot resume
+(`mid_epoch_resume`).
 
 The checkpoints themselves are written by checkpointing.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
+import re
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +29,15 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from segframe.atomic import write_text_atomic
 from segframe.checkpointing import LAST, PARTIAL
 from segframe.errors import ResumeError
+from segframe.model_card import CARD
 
 log = logging.getLogger("segframe")
+
+METRICS = "metrics.json"  # with the model card (CARD), what a finished run writes last (segframe.report)
+# Lightning's warning on a resume from inside an epoch, which assumes the loader restarts the epoch
+# from its first batch; segframe's continues it without the batches already trained (data/datamodule.py)
+NOT_RESUMABLE = ("You're resuming from a checkpoint that ended before the epoch ended and your dataloader is "
+                 "not resumable")
 
 
 @dataclass(frozen=True)
@@ -32,6 +46,8 @@ class ResumePoint:
     run_dir: Path     # the run it continues: logs, checkpoints and report go there
     step: int         # optimizer steps completed; logs at this step and later are logged again
     speed_knobs: dict[str, Any] | None = None  # the precision and layout it trained with (speed.Choice.record())
+    mid_epoch: tuple[int, int] | None = None  # (epoch, batches of it trained) for a checkpoint from inside an epoch
+    finished: bool = False  # fit done under this command's limits, metrics.json and the card written: nothing to do
 
 
 def find_resume(resume: str | None, run_dir: Path, config: dict[str, Any]) -> ResumePoint | None:
@@ -67,6 +83,12 @@ def find_resume(resume: str | None, run_dir: Path, config: dict[str, Any]) -> Re
     _clean(path.parent)
     # checkpoints before `run_config` existed kept the run's config among the module's hyper-parameters
     before = ckpt.get("run_config") or (ckpt.get("hyper_parameters") or {}).get("config") or {}
+    if fit_done(ckpt, before, config) and (owner / METRICS).is_file() and (owner / CARD).is_file():
+        log.info("resume=%s: %s already finished (%d epochs and %d optimizer steps done); its results are in %s "
+                 "and stay as they are, checkpoints included. To train it longer, raise trainer.max_epochs or "
+                 "trainer.max_steps with the same resume=; to evaluate it otherwise, python -m segframe.eval ckpt=...",
+                 resume, owner, epoch, step, owner / METRICS)
+        return ResumePoint(path=path, run_dir=owner, step=step, finished=True)
     log.info("resuming %s from %s (%d epochs and %d optimizer steps done)", owner, path, epoch, step)
     changed = config_changes(before, config)
     if changed:
@@ -75,7 +97,57 @@ def find_resume(resume: str | None, run_dir: Path, config: dict[str, Any]) -> Re
                     " (the LR schedule continues as the run set it up: past its old end a poly schedule stays at 0)"
                     if longer else "")
     knobs = ckpt.get("speed_knobs")
-    return ResumePoint(path=path, run_dir=owner, step=step, speed_knobs=dict(knobs) if knobs else None)
+    return ResumePoint(path=path, run_dir=owner, step=step, speed_knobs=dict(knobs) if knobs else None,
+                       mid_epoch=_mid_epoch(ckpt["loops"]["fit_loop"]))
+
+
+def _mid_epoch(fit_loop: dict[str, Any]) -> tuple[int, int] | None:
+    """(epoch, batches of it trained) when the checkpoint was written inside an epoch: that epoch has
+    started but not been processed (an end-of-epoch checkpoint has processed it)."""
+    epochs = fit_loop["epoch_progress"]["current"]
+    if int(epochs["started"]) <= int(epochs["processed"]):
+        return None
+    return int(epochs["processed"]), int(fit_loop["epoch_loop.batch_progress"]["current"]["processed"])
+
+
+def fit_done(ckpt: dict[str, Any], before: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether resuming `ckpt` would train nothing: its counters reach this command's trainer.max_steps or
+    trainer.max_epochs (as Lightning reads them), or its fit ended (EarlyStopping, say: RunClock recorded
+    it) and this command asks for no more epochs or steps than the run's own."""
+    step = int(ckpt["global_step"])
+    epochs = int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+
+    def limits(cfg: dict[str, Any]) -> tuple[int, int]:
+        trainer = cfg.get("trainer") or {}
+        max_steps = int(trainer.get("max_steps") if trainer.get("max_steps") is not None else -1)
+        max_epochs = trainer.get("max_epochs")
+        if max_epochs is None:  # Lightning's default: 1000 epochs, unlimited when max_steps is set
+            max_epochs = 1000 if max_steps == -1 else -1
+        return max_steps, int(max_epochs)
+
+    max_steps, max_epochs = limits(config)
+    if (max_steps != -1 and step >= max_steps) or (max_epochs != -1 and epochs >= max_epochs):
+        return True
+    ended = bool(((ckpt.get("callbacks") or {}).get("RunClock") or {}).get("fit_complete"))
+    return ended and before.get("trainer") is not None and limits(before) == (max_steps, max_epochs)
+
+
+@contextlib.contextmanager
+def mid_epoch_resume(resume: ResumePoint | None) -> Iterator[None]:
+    """Around `trainer.fit` of a resumed run. From inside an epoch, Lightning warns that the loader is
+    not resumable and the results may be unreliable; segframe's train loader continues the epoch in
+    its seeded order without the batches already trained (data/datamodule.py), so exactly that warning
+    is silenced here, and one line says what is done instead."""
+    if resume is None or resume.mid_epoch is None:
+        yield
+        return
+    epoch, done = resume.mid_epoch
+    log.info("resumed mid-epoch at step %d: skipping the %d batch%s already trained in epoch %d (the epoch "
+             "continues in its own seeded order without them, as the uninterrupted run would have)",
+             resume.step, done, "" if done == 1 else "es", epoch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=re.escape(NOT_RESUMABLE))
+        yield
 
 
 def _clean(folder: Path) -> None:
