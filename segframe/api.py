@@ -21,13 +21,12 @@ import torch
 from segframe.checkpoint import load_checkpoint, module_from_checkpoint
 from segframe.components import INFERENCE_KEYS
 from segframe.data.colours import colorize
-from segframe.data.sample import decode_image
-from segframe.errors import ConfigError, InputError, MissingFileError
-from segframe.exported import is_exported, load_exported
+from segframe.data.sample import decode_image, pil_rgb
+from segframe.errors import ConfigError, InputError, MissingFileError, SampleError
+from segframe.exported import check_inference, is_exported, load_exported, read_sidecar
 from segframe.inference import check_options, infer, probabilities
 from segframe.models.base import to_input
 
-PIL_MODES = ("RGB", "RGBA", "L", "LA", "P")  # converted to RGB; other modes (16-bit, float, CMYK) refused
 EXPECTED = "an image path (str or Path), a PIL image, or an HxWx3 uint8 numpy array (HxW or HxWx4 also taken)"
 
 
@@ -55,8 +54,10 @@ def _device(device: str) -> torch.device:
 
 
 def as_rgb(image: Any) -> np.ndarray:
-    """An input of `predict` as an HxWx3 uint8 RGB array. A path is decoded as `predict` decodes
-    files (EXIF orientation applied); greyscale (L, HxW) and RGBA (HxWx4) inputs become RGB."""
+    """An input of `predict` as an HxWx3 uint8 RGB array, read as `python -m segframe.predict` reads
+    files: a path is decoded, and a PIL image converted, by the same code (segframe.data.sample):
+    EXIF orientation applied, any 8-bit mode (L, P, LA, RGBA, CMYK...) made RGB, 16-bit and float
+    refused. A numpy array is taken as it is (no EXIF); HxW and HxWx4 become RGB."""
     from PIL import Image
 
     if isinstance(image, (str, Path)):
@@ -65,10 +66,13 @@ def as_rgb(image: Any) -> np.ndarray:
             raise MissingFileError(f"image {path} does not exist")
         return decode_image(path.read_bytes(), str(path), exif_transpose=True)
     if isinstance(image, Image.Image):
-        if image.mode not in PIL_MODES:
-            raise InputError(f"a PIL image of mode {image.mode!r} was passed; expected one of {PIL_MODES} "
-                             f"(convert it first, e.g. image.convert('RGB'))")
-        return np.asarray(image.convert("RGB"))
+        name = f"a PIL image ({image.mode}, {image.width}x{image.height})"
+        try:
+            return pil_rgb(image, name, exif_transpose=True)
+        except SampleError as exc:  # 16-bit or float: refused as the command line refuses such files
+            raise InputError(f"{exc} (expected an 8-bit mode: RGB, RGBA, L, LA, P, CMYK...)") from exc
+        except (OSError, ValueError) as exc:  # a mode PIL cannot make RGB (e.g. LAB, HSV), or unreadable data
+            raise InputError(f"{name} cannot be made RGB ({exc}); convert it to RGB first") from exc
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise InputError(f"a numpy array of dtype {image.dtype} was passed; expected uint8 (0..255), e.g. "
@@ -117,10 +121,7 @@ class Segmenter:
         """Class ids, HxW uint8 (the argmax of predict_proba); same arguments as predict_proba."""
         if not self.labels_only:
             return self.predict_proba(image, **options).argmax(0).astype(np.uint8)
-        opts = _options(options, self.options)
-        if opts:  # a graph that outputs class ids has no scores to average or refine
-            raise ConfigError(f"{self.source} was exported with export.outputs=labels: no test-time options "
-                              f"({sorted(opts)}); re-export with export.outputs=logits to use them")
+        self.net.check_inference(_options(options, self.options))  # class ids: one whole pass only
         with torch.inference_mode():
             return self.net(to_input(self._batch(image)))[0].cpu().numpy().astype(np.uint8)
 
@@ -145,9 +146,12 @@ def load_model(path: str | Path, device: str = "auto", scales: Sequence[float] |
     scales, flip, mode, crop, stride: the test-time options of `eval.*` (segframe.inference;
     unset: one whole-image pass); `more`: the other eval.* inference keys (e.g. crf=True). All are
     checked before anything loads, and each call of predict / predict_proba may override them."""
-    options = _options({"scales": scales, "flip": flip, "mode": mode, "crop": crop, "stride": stride, **more})
-    target = _device(device)
     path = Path(path)
+    given = {"scales": scales, "flip": flip, "mode": mode, "crop": crop, "stride": stride, **more}
+    if is_exported(path) and path.is_file():  # a labels graph takes no options: refused as predict refuses them
+        check_inference(path, read_sidecar(path), {k: v for k, v in given.items() if v is not None})
+    options = _options(given)
+    target = _device(device)
     if is_exported(path):  # onnxruntime (the export extra) is imported only for an .onnx file
         if not path.is_file():
             raise MissingFileError(f"exported model {path} does not exist "

@@ -10,6 +10,7 @@ in the sidecar `<graph>.json` beside it.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 from collections.abc import Callable
@@ -17,7 +18,11 @@ from typing import Any
 
 import torch
 
-from segframe.errors import ExportError, MissingFileError
+from segframe.data.manifest import sha256_file
+from segframe.errors import ConfigError, ExportError, MissingFileError
+from segframe.inference import single_pass
+
+log = logging.getLogger(__name__)
 
 FORMAT, FORMAT_VERSION = "segframe-export", 1
 ONNX_SUFFIXES = (".onnx",)
@@ -42,9 +47,14 @@ def graph_kind(path: str | Path) -> str:
     raise ExportError(f"{path}: not an exported graph (suffixes: {', '.join(GRAPH_SUFFIXES)})")
 
 
-def export_command(graph: str | Path) -> str:
+def export_command(graph: str | Path, sidecar: dict[str, Any] | None = None) -> str:
+    """The command that (re)writes `graph` and its sidecar; with a sidecar, from the checkpoint it
+    names and with its options, so that the pair it describes is made again."""
     fmt = graph_kind(graph) if is_exported(graph) else "onnx"
-    return f"python -m segframe.export ckpt=CHECKPOINT format={fmt} output={graph}"
+    side = sidecar if isinstance(sidecar, dict) else {}
+    extra = "".join([" export.outputs=labels" if side.get("outputs") == "labels" else "",
+                     " export.input=uint8" if (side.get("input") or {}).get("dtype") == "uint8" else ""])
+    return f"python -m segframe.export ckpt={side.get('checkpoint') or 'CHECKPOINT'} format={fmt} output={graph}{extra}"
 
 
 def sidecar_path(graph: str | Path) -> Path:
@@ -114,14 +124,34 @@ def jit_load(path: str | Path) -> Any:
         return torch.jit.load(str(path), map_location="cpu").eval()
 
 
+def session_runner(session: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    name = session.get_inputs()[0].name
+    return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+
+
+ONNX_DTYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8"}
+
+
+def onnx_declares(session: Any) -> dict[str, Any]:
+    """What an ONNX graph declares about itself: input dtype, and outputs (logits: rank 4, labels:
+    rank 3) with the class count where the channel axis (1) is fixed."""
+    inp, out = session.get_inputs()[0], session.get_outputs()[0]
+    found: dict[str, Any] = {"input": ONNX_DTYPES.get(inp.type, inp.type)}
+    if len(out.shape) == 4:
+        found["outputs"] = "logits"
+        if isinstance(out.shape[1], int):
+            found["num_classes"] = out.shape[1]
+    elif len(out.shape) == 3:
+        found["outputs"] = "labels"
+    return found
+
+
 def graph_runner(path: str | Path, kind: str, cpu_only: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """The graph at `path` as a function of a CPU tensor in the graph's input dtype, returning its
     output as a tensor: an onnxruntime session (CUDA when it has it, unless `cpu_only`) or a
     TorchScript module on the CPU."""
     if kind == "onnx":
-        session = onnx_session(path, cpu_only=cpu_only)
-        name = session.get_inputs()[0].name
-        return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+        return session_runner(onnx_session(path, cpu_only=cpu_only))
     module = jit_load(path)
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -157,33 +187,94 @@ class ExportedModel:
             raise ExportError(f"{self.path} takes images [B,3,H,W], got a tensor of shape {tuple(x.shape)}")
         return self._run(self.graph_input(x).contiguous()).to(x.device)
 
-    def output_channels(self) -> int | None:
-        """The graph's class count, from one small probe run; None for labels graphs."""
-        if self.outputs != "logits":
-            return None
-        probe = torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE)
-        return int(self(probe).shape[1])
+    def probe(self) -> dict[str, Any]:
+        """What the graph returns for one small image in the sidecar's input dtype: outputs (logits
+        [B,C,H,W] or labels [B,H,W], told by the rank) and, for logits, the class count (axis 1)."""
+        out = self(torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE))
+        if out.dim() == 4:
+            return {"outputs": "logits", "num_classes": int(out.shape[1])}
+        if out.dim() == 3:
+            return {"outputs": "labels"}
+        return {"outputs": f"a tensor of shape {tuple(out.shape)}"}
+
+    def check_inference(self, inference: dict[str, Any]) -> None:
+        check_inference(self.path, self.sidecar, inference)
+
+
+def check_inference(graph: str | Path, sidecar: dict[str, Any], inference: dict[str, Any]) -> None:
+    """Refuse test-time options the graph of this sidecar cannot honour, before any work (predict
+    on the command line and load_model in Python both ask here): class ids cannot be averaged or
+    refined, so a labels graph runs one whole pass."""
+    if sidecar.get("outputs") == "labels" and not single_pass(**inference):
+        asked = {k: inference[k] for k in ("scales", "flip", "mode", "crf") if k in inference}
+        raise ConfigError(
+            f"{graph} was exported with export.outputs=labels: it returns class ids, which cannot be averaged "
+            f"over scales, flips or windows, nor refined by a CRF (asked: {asked}); such a graph takes no "
+            f"test-time options but one whole pass (the defaults). To use them, export logits (export.outputs=logits, "
+            f"the default): "
+            f"{export_command(graph, {**sidecar, 'outputs': 'logits'})}")
 
 
 def load_exported(path: str | Path) -> ExportedModel:
-    """An exported graph and its sidecar, checked against each other: an ONNX file (onnxruntime, CUDA
-    when available) or a TorchScript file (torch.jit.load, CPU)."""
+    """An exported graph and its sidecar, checked to belong together (check_pair): an ONNX file
+    (onnxruntime, CUDA when available) or a TorchScript file (torch.jit.load, CPU)."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"exported model {path} does not exist (make one: {export_command(path)})")
     kind = graph_kind(path)
     side = read_sidecar(path)
+    declared: dict[str, Any] = {}
     try:
-        runner = graph_runner(path, kind)
+        if kind == "onnx":
+            session = onnx_session(path)
+            declared, runner = onnx_declares(session), session_runner(session)
+        else:
+            runner = graph_runner(path, kind)
     except ExportError:
         raise
     except Exception as exc:  # a truncated or foreign file
         raise ExportError(f"{path} cannot be loaded as a {kind} graph ({type(exc).__name__}: {exc}); "
-                          f"re-export it: {export_command(path)}") from exc
+                          f"re-export it: {export_command(path, side)}") from exc
     model = ExportedModel(path, side, runner, kind)
-    channels = model.output_channels()
-    if channels is not None and channels != model.num_classes:
-        raise ExportError(f"{path} outputs {channels} classes but its sidecar {sidecar_path(path)} names "
-                          f"{model.num_classes}; the two do not belong together: re-export it: "
-                          f"python -m segframe.export ckpt=... format={kind} output={path}")
+    check_pair(model, declared)
     return model
+
+
+def check_pair(model: ExportedModel, declared: dict[str, Any]) -> None:
+    """Refuse a graph and a sidecar that do not belong together, naming both files and what
+    differs: the input dtype (ONNX declares it), the output kind and class count (ONNX declares
+    them; a probe run shows them for every graph), and the graph's sha256 the sidecar recorded at
+    export. Sidecars written before that hash was recorded still load, checked on the rest (and a
+    warning says to export again)."""
+    path, side_path, side = model.path, sidecar_path(model.path), model.sidecar
+    differ = []
+    if declared.get("input", model.input_dtype) != model.input_dtype:
+        differ.append(f"the graph takes {declared['input']} images but the sidecar says input {model.input_dtype}")
+    else:
+        try:
+            found = {**declared, **model.probe()}
+        except Exception as exc:  # noqa: BLE001 (a runtime's own error on a graph it cannot run so)
+            first = (str(exc).strip().splitlines() or [""])[0]
+            found = {"outputs": f"an error on a {model.input_dtype} image ({type(exc).__name__}: {first})"}
+        if found["outputs"] != model.outputs:
+            differ.append(f"the graph returns {_OUTPUTS.get(found['outputs'], found['outputs'])} but the sidecar "
+                          f"says outputs={model.outputs} ({_OUTPUTS[model.outputs]})")
+        elif found.get("num_classes", model.num_classes) != model.num_classes:
+            differ.append(f"the graph outputs {found['num_classes']} classes but its sidecar ({side_path.name}) "
+                          f"names {model.num_classes}")
+    recorded = side.get("graph_sha256")
+    actual = sha256_file(path) if recorded and not differ else recorded
+    if actual != recorded:
+        differ.append(f"the graph's sha256 is {actual[:12]}... but the sidecar was written for a graph with "
+                      f"{recorded[:12]}... (the graph was replaced, or exported again without this sidecar)")
+    if differ:
+        raise ExportError(f"{path} and its sidecar {side_path} do not belong together: {'; '.join(differ)}. "
+                          f"Keep each graph with the sidecar written beside it, or export the pair again: "
+                          f"{export_command(path, side)}")
+    if not recorded:
+        log.warning("%s records no graph_sha256 (written before segframe recorded it): checked on its input, "
+                    "outputs and class count only; export again to record it: %s", side_path,
+                    export_command(path, side))
+
+
+_OUTPUTS = {"logits": "logits [B,C,H,W]", "labels": "class ids [B,H,W]"}

@@ -179,6 +179,7 @@ def export_checkpoint(ckpt_path: str, fmt: str, output: Path, opts: dict[str, An
         hp = ckpt["hyper_parameters"]
         sidecar = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "graph": fmt,
+            "graph_sha256": sha256_file(tmp_graph),  # load_exported refuses a graph that is not this one
             "input": {"dtype": "uint8" if wrapper.uint8_input else "float32", "layout": "NCHW", "channels": "RGB",
                       "range": [0, 255] if wrapper.uint8_input else [0, 1], "height": "any", "width": "any"},
             "outputs": opts["outputs"], "labels_dtype": "int64" if wrapper.labels else None,

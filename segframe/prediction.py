@@ -18,28 +18,51 @@ from segframe import components
 from segframe.checkpoint import load_checkpoint, module_from_checkpoint
 from segframe.config import check_keys
 from segframe.data.colours import overlay, save_index_png
-from segframe.data.sample import IMAGE_FILE_EXTS, decode_image
+from segframe.data.sample import READABLE_IMAGE_EXTS, decode_image
 from segframe.errors import ConfigError, MissingFileError, SampleError
 from segframe.exported import ExportedModel, is_exported, load_exported
-from segframe.inference import check_options, infer, single_pass
+from segframe.inference import check_options, infer
 from segframe.models.base import to_input
 
 
-def list_inputs(spec: str) -> list[Path]:
-    """A file, every image file in a folder, or the matches of a glob pattern, sorted."""
+def list_inputs(spec: str) -> tuple[list[Path], list[tuple[str, str]]]:
+    """(images, skipped): a file; every image file in a folder (its top level; what is left out,
+    with why, in `skipped`); or the matches of a glob pattern; sorted."""
     path = Path(spec)
     if path.is_file():
-        return [path]
+        return [path], []
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_FILE_EXTS
-                       and not p.name.startswith("."))
+        files, skipped = [], []
+        for p in sorted(path.iterdir()):
+            why = _not_an_input(p)
+            if why:
+                skipped.append((str(p), why))
+            else:
+                files.append(p)
         if not files:
-            raise MissingFileError(f"input={spec}: the folder holds no images ({', '.join('.' + e for e in IMAGE_FILE_EXTS)})")
-        return files
+            found = f"; it holds {', '.join(Path(f).name for f, _ in skipped[:5])}{' ...' if len(skipped) > 5 else ''}" \
+                if skipped else ""
+            raise MissingFileError(f"input={spec}: the folder holds no images ({', '.join(_EXTS)}){found}")
+        return files, skipped
     matches = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
     if not matches:
         raise MissingFileError(f"input={spec}: no such file or folder, and no file matches it as a glob pattern")
-    return matches
+    return matches, []
+
+
+_EXTS = tuple("." + e for e in READABLE_IMAGE_EXTS)
+
+
+def _not_an_input(path: Path) -> str | None:
+    """Why a folder entry is not predicted (None: it is): what predict reads from a folder is one
+    list, READABLE_IMAGE_EXTS; a file of another name can still be given by name."""
+    if path.is_dir():
+        return f"a folder (input=DIR reads its top level only; for subfolders: input='{path.parent}/**/*.jpg')"
+    if path.name.startswith("."):
+        return "a hidden file"
+    if path.suffix.lower() not in _EXTS:
+        return f"not an image file name ({', '.join(_EXTS)}); give it by name (input=FILE) to try it anyway"
+    return None
 
 
 def _output_names(files: list[Path]) -> list[str]:
@@ -75,8 +98,9 @@ def predict_files(module: Any, files: list[Path], out_dir: Path, alpha: float = 
             mask = module.predict_scores(batch).argmax(1)[0].cpu().numpy().astype(np.uint8)
         except (SampleError, OSError, RuntimeError) as exc:  # RuntimeError: e.g. CUDA out of memory
             hint = "; try eval.mode=slide for large images" if isinstance(exc, RuntimeError) else ""
-            tqdm.write(f"skipping {path}: {exc}{hint}")  # keeps the progress bar intact
-            failed.append((str(path), f"{exc}{hint}"))
+            problem = str(exc).removeprefix(f"{path}: ") + hint  # decode errors start with the path: once is enough
+            tqdm.write(f"skipping {path}: {problem}")  # keeps the progress bar intact
+            failed.append((str(path), problem))
             continue
         save_index_png(mask, module.palette, out_dir / f"{name}_mask.png")
         Image.fromarray(overlay(image, mask, module.palette, alpha)).save(out_dir / f"{name}_overlay.png")
@@ -89,12 +113,8 @@ class ExportedPredictor:
     runs through segframe.inference with the test-time options, as a checkpoint's model would."""
 
     def __init__(self, model: ExportedModel, inference: dict[str, Any]):
+        model.check_inference(inference)  # first: a labels graph takes no options, whatever they are
         check_options(**inference)
-        asked = {k: inference[k] for k in ("scales", "flip", "mode", "crf") if k in inference}
-        if model.outputs == "labels" and not single_pass(**inference):
-            raise ConfigError(f"{model.path} was exported with export.outputs=labels: it returns class ids, which "
-                              f"cannot be averaged over scales, flips or windows, nor refined by a CRF (eval: "
-                              f"{asked}); use one whole pass (the defaults), or export logits (export.outputs=logits)")
         self.model, self.inference, self.palette = model, inference, model.palette
 
     def eval(self) -> ExportedPredictor:
@@ -113,7 +133,7 @@ class ExportedPredictor:
 def predict(cfg: DictConfig, run_dir: Path) -> int:
     """Entry logic of `python -m segframe.predict`; returns the exit code."""
     check_keys(cfg, "predict")
-    files = list_inputs(str(cfg.input))
+    files, left_out = list_inputs(str(cfg.input))
     options = components.inference_options(cfg.eval)
     module: Any = ExportedPredictor(load_exported(cfg.ckpt), options) if is_exported(cfg.ckpt) else \
         module_from_checkpoint(load_checkpoint(cfg.ckpt), options)
@@ -121,8 +141,9 @@ def predict(cfg: DictConfig, run_dir: Path) -> int:
     out_dir = Path(cfg.output) if cfg.output else run_dir
     written, failed = predict_files(module, files, out_dir, float(cfg.overlay_alpha), device)
     print(f"wrote {written} prediction(s) to {out_dir} (<name>_mask.png: class indices; <name>_overlay.png)")
-    if failed:
-        print(f"skipped {len(failed)} unreadable file(s):")
-        for path, problem in failed:
-            print(f"  {path}: {problem}")
+    for what, skipped in (("unreadable file(s)", failed), (f"entries of {cfg.input} that are not images", left_out)):
+        if skipped:
+            print(f"skipped {len(skipped)} {what}:")
+            for path, problem in skipped:
+                print(f"  {path}: {problem}")
     return 0 if written else 1

@@ -21,14 +21,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import simplejpeg
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from segframe.errors import SampleError
 
 IGNORE_INDEX = 255
 IMAGE_ENTRIES = ("jpg", "png")  # a shard sample's image entry: the source file's own JPEG/PNG bytes
-# image files segframe reads (converters of user folders, predict): what decode_image opens
+# image files the converters of user folders pair with masks
 IMAGE_FILE_EXTS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp")
+# every image file predict takes from a folder: the raster formats decode_image opens (PIL's own readers;
+# webp and avif need PIL built with them). The one list: predict's folder listing and its messages use it.
+READABLE_IMAGE_EXTS = IMAGE_FILE_EXTS + ("jpe", "jfif", "gif", "apng", "dib", "ppm", "pgm", "pbm", "pnm", "tga",
+                                         "qoi", "avif")
 MASK_EXT = "seg.png"
 META_EXT = "json"
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -78,6 +82,31 @@ def decode_image_reduced(data: bytes, name: str, at_least: tuple[int, int] | Non
     return _decode_rgb(data, name, at_least=at_least)
 
 
+def pil_rgb(im: Image.Image, name: str, exif_transpose: bool = False) -> np.ndarray:
+    """An opened PIL image as segframe reads every image: HxWx3 uint8 RGB, any 8-bit mode (L, P, LA,
+    RGBA, CMYK, YCbCr...) converted by PIL, 16-bit and float refused (_check_depth); `exif_transpose`:
+    turned upright as a viewer shows it (phone photos). decode_image and the Python API both use it."""
+    _check_depth(im, name)
+    if exif_transpose:
+        from PIL import ImageOps
+
+        im = ImageOps.exif_transpose(im)
+    return np.asarray(im.convert("RGB"))
+
+
+def decode_problem(exc: Exception) -> str:
+    """What went wrong in PIL, in words without object reprs: PIL names the BytesIO it read from
+    ("cannot identify image file <_io.BytesIO object at 0x7f...>"), an address that helps nobody."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a recognised image format (not an image, or a format PIL cannot read)"
+    text = _OBJECT_REPR.sub("", str(exc)).strip(" :") or type(exc).__name__
+    damaged = any(word in text.lower() for word in ("truncated", "broken"))
+    return f"damaged or truncated ({text})" if damaged else text
+
+
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* object at 0x[0-9a-fA-F]+>")
+
+
 def _decode_rgb(data: bytes, name: str, exif_transpose: bool = False, at_least: tuple[int, int] | None = None
                 ) -> tuple[np.ndarray, int, tuple[int, int]]:
     """decode_image and decode_image_reduced: (RGB array, DCT reduction k, full (height, width))."""
@@ -86,19 +115,15 @@ def _decode_rgb(data: bytes, name: str, exif_transpose: bool = False, at_least: 
             _check_depth(im, name)
             width, height = im.size
             k = _draft(im, at_least) if at_least is not None else 1
-            if exif_transpose:
-                from PIL import ImageOps
-
-                im = ImageOps.exif_transpose(im)
-            elif k == 1 and im.format == "JPEG" and im.mode in _TURBO_MODES:
+            if not exif_transpose and k == 1 and im.format == "JPEG" and im.mode in _TURBO_MODES:
                 image = _turbo_rgb(data, (height, width))
                 if image is not None:
                     return image, k, (height, width)
-            return np.asarray(im.convert("RGB")), k, (height, width)
+            return pil_rgb(im, name, exif_transpose), k, (height, width)
     except SampleError:
         raise
     except Exception as exc:  # PIL raises many types for corrupt data
-        raise SampleError(f"{name}: cannot decode image ({exc})") from exc
+        raise SampleError(f"{name}: cannot decode image: {decode_problem(exc)}") from exc
 
 
 # JPEG colour models whose RGB simplejpeg and PIL compute alike (CMYK/YCCK differ: PIL's conversion)
@@ -162,7 +187,7 @@ def decode_mask(data: bytes, name: str = "mask") -> np.ndarray:
     except SampleError:
         raise
     except Exception as exc:
-        raise SampleError(f"{name}: cannot decode mask ({exc})") from exc
+        raise SampleError(f"{name}: cannot decode mask: {decode_problem(exc)}") from exc
 
 
 def check_image(data: bytes, name: str = "image") -> tuple[int, int]:
@@ -179,7 +204,7 @@ def check_image(data: bytes, name: str = "image") -> tuple[int, int]:
     except SampleError:
         raise
     except Exception as exc:  # PIL raises many types for corrupt data
-        raise SampleError(f"{name}: cannot decode image ({exc})") from exc
+        raise SampleError(f"{name}: cannot decode image: {decode_problem(exc)}") from exc
     return height, width
 
 
@@ -187,7 +212,7 @@ def _check_depth(im: Image.Image, name: str) -> None:
     """Images are 8 bits per channel: a 16-bit or float image would be clipped to 0..255 on reading."""
     if im.mode.startswith("I") or im.mode == "F":
         raise SampleError(f"{name}: image mode {im.mode!r} (16-bit or float) is not supported; segframe reads 8 bits "
-                          "per channel: rescale it to 8 bits before converting")
+                          "per channel: rescale it to 8 bits first")
 
 
 def check_mask(mask: np.ndarray, num_classes: int, name: str) -> None:
