@@ -4,6 +4,10 @@ checkpoints is checkpointing.py's job.)"""
 
 from __future__ import annotations
 
+import json
+import pickle
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +18,85 @@ from segframe.errors import CheckpointError, MissingFileError
 from segframe.module import SegModule
 
 
-def load_checkpoint(path: str) -> dict[str, Any]:
-    """A Lightning checkpoint written by `segframe.train`, loaded without unpickling code."""
+def load_checkpoint(path: str, command: str | None = None) -> dict[str, Any]:
+    """A Lightning checkpoint written by `segframe.train`, loaded without unpickling code. `command`
+    (e.g. "eval"): the segframe command that needs it, for the advice when `path` is something else."""
     if not Path(path).is_file():
         raise MissingFileError(f"checkpoint {path} does not exist (ckpt=PATH, e.g. outputs/DATE/TIME/checkpoints/last.ckpt)")
+    graph = exported_graph_kind(path)
+    if graph:
+        raise CheckpointError(_exported_advice(path, graph, command))
     try:  # weights_only: a checkpoint is data, never code
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: the error below says it all
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickled objects, not a torch file...
-        raise CheckpointError(f"{path} cannot be loaded as a segframe checkpoint ({type(exc).__name__}: {exc})") from exc
+        # not `from exc`: the command line prints a cause, and torch's would advise weights_only=False
+        # (running the code a pickle holds); the traceback (SEGFRAME_TRACEBACK=1) still shows it
+        raise CheckpointError(f"{path} cannot be loaded as a segframe checkpoint: {_load_problem(exc)}. {TRAINED}")
     if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "model_config" not in ckpt["hyper_parameters"]:
-        raise CheckpointError(f"{path} is not a segframe checkpoint (no hyper_parameters.model_config)")
+        raise CheckpointError(f"{path} is not a segframe checkpoint (no hyper_parameters.model_config). {TRAINED}")
     return ckpt
+
+
+TRAINED = "ckpt= takes the checkpoint `python -m segframe.train` writes (outputs/DATE/TIME/checkpoints/last.ckpt or best-*.ckpt)"
+
+
+def exported_graph_kind(path: str | Path) -> str | None:
+    """"onnx" or "torchscript" when `path` is a graph `segframe.export` (or anything else) wrote rather
+    than a checkpoint, told by its suffix or its first bytes (ONNX: a protobuf ModelProto opening with
+    its ir_version field; TorchScript: a zip archive holding code/ and constants.pkl); else None."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if len(head) == 4 and head[0] == 0x08 and head[1] < 0x80 and head[2] in (0x12, 0x1A, 0x22, 0x2A, 0x3A):
+        return "onnx"
+    if head[:2] == b"PK" and zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return None
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            return "torchscript"
+    return None
+
+
+def _exported_advice(path: str, graph: str, command: str | None) -> str:
+    """Why an exported graph is no checkpoint, and what to run instead (from its sidecar when it has one)."""
+    sidecar = Path(f"{path}.json")
+    source = None
+    try:
+        source = json.loads(sidecar.read_text()).get("checkpoint")
+    except (OSError, ValueError, AttributeError):
+        pass
+    ckpt = source or "CHECKPOINT.ckpt"
+    origin = f"its sidecar {sidecar} names the checkpoint it came from, {source}" if source else \
+        "use the .ckpt it was exported from"
+    text = (f"{path} is an exported {'ONNX' if graph == 'onnx' else 'TorchScript'} graph, not a training checkpoint; "
+            f"{'segframe.' + command if command else 'this command'} needs the training checkpoint (.ckpt): {origin}")
+    if command == "eval":
+        return (f"{text}: python -m segframe.eval ckpt={ckpt}. segframe.eval evaluates training checkpoints only, "
+                f"not exported graphs; the graph's agreement with its checkpoint was measured at export (the "
+                f"sidecar's \"parity\"), and `python -m segframe.predict ckpt={path} input=DIR` shows its masks")
+    return f"{text}: python -m segframe.{command or 'COMMAND'} ckpt={ckpt} ..."
+
+
+def _load_problem(exc: Exception) -> str:
+    """torch.load's failure in a line, without its advice to load with weights_only=False (that
+    would run whatever code a pickle holds: a segframe checkpoint never needs it)."""
+    text = str(exc)
+    after = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
+    detail = next((line.strip().split(". ")[0] for line in after.splitlines() if line.strip()), None)
+    if detail is not None or "weights_only" in text:
+        return ("it holds pickled Python objects, which segframe never unpickles (a segframe checkpoint is tensors "
+                f"and plain data only){f'; {detail}' if detail else ''}")
+    if isinstance(exc, (pickle.UnpicklingError, KeyError, EOFError)) or "invalid load key" in text:
+        return f"not a torch checkpoint file ({type(exc).__name__}: {text.splitlines()[0] if text else ''})"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"damaged, truncated or not a torch file ({type(exc).__name__}: {first})"
 
 
 def trained_data(ckpt: dict[str, Any]) -> dict[str, Any] | None:

@@ -19,7 +19,7 @@ from segframe.report import finish_run, predict_examples
 def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Metrics of the checkpoint `cfg.ckpt` on `eval.split` (default: the dataset's val split)."""
     check_keys(cfg, "eval")
-    ckpt = load_checkpoint(cfg.ckpt)
+    ckpt = load_checkpoint(cfg.ckpt, command="eval")
     hp = ckpt["hyper_parameters"]
     if not cfg.get("data") and trained_data(ckpt) is None:
         raise CheckpointError(f"checkpoint {cfg.ckpt} does not record the dataset it was trained on; name it: "
