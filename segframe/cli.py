@@ -18,12 +18,15 @@ from omegaconf.errors import OmegaConfBaseException
 
 from segframe.atomic import write_text_atomic
 from segframe.errors import LaunchError, SegframeError
+from segframe.unknown_keys import install as advise_on_unknown_keys
 
 T = TypeVar("T")
 
 log = logging.getLogger("segframe")
 
 FAILURE = "failure.txt"  # in a sweep job's run directory: why it failed, one line
+
+advise_on_unknown_keys()  # every entry point imports this module before Hydra composes its config
 
 
 def user_error(exc: BaseException) -> bool:
@@ -55,10 +58,21 @@ def run(job: Callable[[], T]) -> T:
             return float("nan")  # type: ignore[return-value]
         if not user_error(exc) or os.environ.get("SEGFRAME_TRACEBACK"):
             raise
-        message = str(exc)
-        if exc.__cause__ is not None and str(exc.__cause__) not in message:
-            message += f"\ncaused by: {exc.__cause__}"
+        message = _message(exc)
         fail(message, f"{type(exc).__name__}: {message}")
+
+
+def _message(exc: BaseException) -> str:
+    """What to print for a user error. Our own error raised while Hydra built a component is shown as
+    itself, naming the config node (Hydra's wrapping repeats it as a Python repr, quotes escaped)."""
+    text = str(exc)
+    cause = exc.__cause__
+    if isinstance(exc, InstantiationException) and isinstance(cause, SegframeError):
+        node = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("full_key:")), "")
+        return f"{cause}" + (f"\n(while building `{node}`)" if node else "")
+    if cause is not None and str(cause) not in text:
+        text += f"\ncaused by: {cause}"
+    return text
 
 
 def reason(exc: BaseException, limit: int = 300) -> str:

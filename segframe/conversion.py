@@ -17,6 +17,7 @@ from segframe.data.manifest import MANIFEST, empty_classes, read_manifest
 from segframe.data.preparation import conversion_diff, convert_dataset
 from segframe.data.remote import refuse_write
 from segframe.data.shard_reader import verify
+from segframe.data.shard_writer import skipped_summary
 from segframe.errors import ManifestError
 
 
@@ -60,7 +61,8 @@ def convert(cfg: DictConfig, run_dir: Path | None = None) -> int:
     manifest = convert_dataset(data, num_workers=cfg.num_workers, on_bad=cfg.on_bad, source=source)
     counts = {s: v["num_samples"] for s, v in manifest["splits"].items()}
     print(f"converted {data.name} -> {data.shard_dir} {counts} in {time.time() - start:.1f}s"
-          + (f"; skipped {len(manifest['skipped'])} bad sample(s), listed in the manifest" if manifest["skipped"] else ""))
+          + (f"; skipped {len(manifest['skipped'])} bad sample(s), all listed in the manifest's \"skipped\". "
+             + skipped_summary(manifest["skipped"]) if manifest["skipped"] else ""))
     empty, ignored = empty_classes(manifest["splits"], list(manifest["classes"]))
     if empty and ignored and "label_map" in data:
         print(f"classes {empty} have no labelled pixels; if your masks store them as 255 (0/255 binary masks), "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -20,6 +22,16 @@ def user_conf_dir() -> Path:
     return Path(os.environ.get("SEGFRAME_DATA") or REPO_ROOT / "data") / "conf"
 
 
+def user_datasets() -> str:
+    """The `--help` line naming the datasets the converter described (<data_dir>/conf/data/*.yaml)."""
+    folder = user_conf_dir() / "data"
+    names = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    line = (f"data, your own (in {folder}): {', '.join(names)}" if names else
+            "data, your own: none yet (python -m segframe.convert data=folder data.name=NAME data.root=... "
+            "\"data.classes=[...]\" describes one: README \"Your own data\")")
+    return line.replace("$", "$$")  # Hydra fills the help page in with string.Template
+
+
 def register_resolvers() -> None:
     """`${repo_root:}` lets configs name checkout-relative paths that work from any cwd."""
     if not OmegaConf.has_resolver("repo_root"):
@@ -30,6 +42,18 @@ def register_resolvers() -> None:
     # `hydra.searchpath: [file://${user_conf:}]`: read when Hydra composes, before command-line overrides
     if not OmegaConf.has_resolver("user_conf"):
         OmegaConf.register_new_resolver("user_conf", lambda: str(user_conf_dir()))
+    # `--help` (conf/hydra/help/segframe.yaml): the user's own datasets beside the shipped ones
+    if not OmegaConf.has_resolver("user_datasets"):
+        OmegaConf.register_new_resolver("user_datasets", user_datasets)
+
+
+def quiet_absent_user_conf() -> None:
+    """Before the first `convert data=folder data.name=...`, <data_dir>/conf does not exist, and Hydra
+    would warn on every command that this search path "is not available": nothing is wrong, so that one
+    warning is not shown (any other search path's still is)."""
+    warnings.filterwarnings("ignore", category=UserWarning, message=re.escape(
+        f"provider=hydra.searchpath in main, path={user_conf_dir()} is not available"))
 
 
 register_resolvers()
+quiet_absent_user_conf()

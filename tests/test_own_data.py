@@ -104,6 +104,16 @@ def use(commands: list[str], root: Path, tmp_path: Path, env: dict, name: str, c
     assert len(masks) == 12 and palette_of(masks[0], len(colours)) == colours
 
 
+def test_the_readme_says_before_the_commands_how_to_train_offline():
+    """The train line downloads VGG16 weights: a user without network must learn the option before
+    running it, not from its error."""
+    text = (REPO / "README.md").read_text()
+    before = text[text.index("### Your own data"):]
+    before = before[:before.index("```bash")]
+    assert "Offline" in before and "model.pretrained=/path/to/vgg16-397923af.pth" in before
+    assert "model.pretrained=false" in before
+
+
 def test_binary_masks_the_advised_commands_work_as_pasted(tmp_path):
     """0/255 masks converted as the README's first line says: the converter warns and prints a command,
     training refuses and prints one; both run as printed; then data=cells serves every command."""

@@ -168,6 +168,7 @@ def _write_splits(source: Source, items: dict[str, list[Any]], tmp: Path, name: 
         for split, split_items in items.items():
             writer = state["writer"] = _SplitWriter(tmp, split, shard_size, max_shard_bytes)
             pixels = np.zeros(256, dtype=np.int64)
+            bad_here = len(skipped)
             jobs = ((item, split, num_classes) for item in split_items)
             for status, payload, extra in tqdm(
                 imap(_load_encode, jobs), total=len(split_items), desc=f"{name}/{split}", unit="img"
@@ -182,7 +183,8 @@ def _write_splits(source: Source, items: dict[str, list[Any]], tmp: Path, name: 
             shards = writer.close()
             state["writer"] = None
             if not shards:
-                raise SampleError(f"split {split!r} of {name}: every sample was bad; nothing to write")
+                raise SampleError(f"split {split!r} of {name}: every sample was bad; nothing to write. "
+                                  + skipped_summary(skipped[bad_here:]))
             splits[split] = {
                 "num_samples": sum(s["num_samples"] for s in shards),
                 "shards": shards,
@@ -190,6 +192,13 @@ def _write_splits(source: Source, items: dict[str, list[Any]], tmp: Path, name: 
                 "ignore_pixels": int(pixels[IGNORE_INDEX]),
             }
     return splits, skipped
+
+
+def skipped_summary(skipped: list[dict[str, Any]], first: int = 5) -> str:
+    """The first few skipped samples with their problems, one per line, and how many more there are."""
+    lines = [f"  {s['split']}: {s['problem']}" for s in skipped[:first]]
+    more = f"\n  ... and {len(skipped) - first} more" if len(skipped) > first else ""
+    return f"The first {len(lines)} skipped:\n" + "\n".join(lines) + more if skipped else ""
 
 
 def _plain(item: Any) -> Any:

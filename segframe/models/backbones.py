@@ -65,8 +65,12 @@ def read_weights_file(pretrained: str | os.PathLike, example: str, download: str
         raise MissingFileError(f"Pretrained weights file not found: {path} (from model.pretrained={pretrained}). "
                                f"Pass an existing file, e.g. model.pretrained=/path/to/{example}, "
                                f"or model.pretrained=true for {download}, or model.pretrained=false.")
-    # weights_only: never unpickle arbitrary objects from a file we did not create
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:  # weights_only: never unpickle arbitrary objects from a file we did not create
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickled objects, not a torch file...
+        raise ConfigError(f"model.pretrained={pretrained}: {path} cannot be loaded as a weights file "
+                          f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
+                          f"pass an intact copy of {example}, or model.pretrained=false") from exc
 
 
 def load_pretrained(model: nn.Module, pretrained: Pretrained, weights: torchvision.models.WeightsEnum) -> None:
