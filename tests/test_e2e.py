@@ -128,14 +128,16 @@ def test_resume_from_last_continues_that_run(trained):
 def test_lr_sweep_writes_summary_table(trained):
     root, _ = trained
     sweep = root / "sweep"
-    _ok(run_cli("train", "-m", *TINY, f"paths.data_dir={root / 'data'}", "trainer.max_epochs=1",
-                "optimizer.lr=0.01,0.001,-1", f"hydra.sweep.dir={sweep}"))
+    res = run_cli("train", "-m", *TINY, f"paths.data_dir={root / 'data'}", "trainer.max_epochs=1",
+                  "optimizer.lr=0.01,0.001,-1", f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 1 and "1 of 3 runs failed" in res.stderr  # the sweep went on, then said so
     summary = (sweep / "summary.md").read_text()
     assert "optimizer.lr=0.01" in summary and "optimizer.lr=0.001" in summary
     assert summary.count("*") == 1  # best run marked
     rows = list(csv.DictReader(open(sweep / "summary.csv")))
     assert len(rows) == 3 and all(r["status"] == "ok" and float(r["miou"]) >= 0 for r in rows[:2])
     assert rows[2]["status"] == "failed"  # lr=-1 is refused by the optimizer; the sweep went on
+    assert rows[2]["reason"] == "ValueError: Invalid learning rate: -1"
 
 
 def test_missing_dataset_prints_convert_command(tmp_path):
