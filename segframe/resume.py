@@ -105,9 +105,10 @@ def _mid_epoch(fit_loop: dict[str, Any]) -> tuple[int, int] | None:
     """(epoch, batches of it trained) when the checkpoint was written inside an epoch: that epoch has
     started but not been processed (an end-of-epoch checkpoint has processed it)."""
     epochs = fit_loop["epoch_progress"]["current"]
-    if int(epochs["started"]) <= int(epochs["processed"]):
+    batches = (fit_loop.get("epoch_loop.batch_progress") or {}).get("current") or {}
+    if int(epochs.get("started", epochs["processed"])) <= int(epochs["processed"]) or "processed" not in batches:
         return None
-    return int(epochs["processed"]), int(fit_loop["epoch_loop.batch_progress"]["current"]["processed"])
+    return int(epochs["processed"]), int(batches["processed"])
 
 
 def fit_done(ckpt: dict[str, Any], before: dict[str, Any], config: dict[str, Any]) -> bool:
