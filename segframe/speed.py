@@ -20,6 +20,8 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass
+from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,16 +75,29 @@ def _probe_net(channels_last: bool) -> tuple[torch.nn.Module, torch.optim.Optimi
     return net, torch.optim.SGD(net.parameters(), lr=1e-3)
 
 
-def probe(seconds: float = 1.0, size: int = 128, batch: int = 4) -> dict[str, float]:
+def probe(seconds: float = 1.0, size: int = 128, batch: int = 4, threads: int | None = 1,
+          clock: Callable[[], float] = time.thread_time) -> dict[str, float]:
     """Median ms of one training step of _probe_net: fp32 NCHW vs bf16 autocast + channels_last,
-    interleaved (a burst of load hits both), for about `seconds` after one warm-up step each. The
-    caller's random state is left as it was: a run that probes initialises its model as one that
-    reads the cache does."""
-    with torch.random.fork_rng(devices=[]):
-        return _probe(seconds, size, batch)
+    interleaved, for about `seconds` after one warm-up step each. The caller's random state and
+    thread count are left as they were: a run that probes initialises its model as one that reads
+    the cache does.
+
+    By default in one thread, timed by that thread's CPU time: what the step costs in compute, which
+    other processes on the machine do not change. The wall clock of a multi-threaded step (`threads=None`,
+    `clock=time.perf_counter`, the probe before 2026-12) measures the waits of its threads for each other
+    too: with two busy processes on 2 cores both sides took ~750 ms and the 2.4x of an idle machine
+    read as 1.08x (README "Performance", "The automatic choice under load")."""
+    before = torch.get_num_threads()
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        with torch.random.fork_rng(devices=[]):
+            return _probe(seconds, size, batch, clock)
+    finally:
+        torch.set_num_threads(before)
 
 
-def _probe(seconds: float, size: int, batch: int) -> dict[str, float]:
+def _probe(seconds: float, size: int, batch: int, clock: Callable[[], float]) -> dict[str, float]:
     x = torch.rand(batch, 3, size, size)
     y = torch.randint(0, 8, (batch, size // 2, size // 2))
     runs = {}
@@ -90,19 +105,19 @@ def _probe(seconds: float, size: int, batch: int) -> dict[str, float]:
         net, opt = _probe_net(fast)
         runs["bf16+channels_last" if fast else "fp32"] = (net, opt, fast)
     times: dict[str, list[float]] = {k: [] for k in runs}
-    deadline = time.perf_counter() + seconds
+    deadline = clock() + seconds
     rounds = 0
-    while rounds < 2 or (time.perf_counter() < deadline and rounds < 50):
+    while rounds < 2 or (clock() < deadline and rounds < 50):
         for name, (net, opt, fast) in runs.items():
             inputs = x.contiguous(memory_format=torch.channels_last) if fast else x
-            start = time.perf_counter()
+            start = clock()
             with torch.autocast("cpu", dtype=torch.bfloat16) if fast else contextlib.nullcontext():
                 loss = F.cross_entropy(net(inputs).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if rounds:  # the first round warms up
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
         rounds += 1
     return {name: round(1000 * sorted(t)[len(t) // 2], 2) for name, t in times.items()}
 
@@ -123,28 +138,111 @@ def _probe_lock(path: Path):
         yield
 
 
+PROBE_METHOD = "1 thread, thread CPU time"  # kept with each cache entry: one of another method is measured again
+REFRESH = "SEGFRAME_SPEED_PROBE"  # =refresh: measure again now, whatever the cache holds
+
+
+def _load() -> tuple[float, int] | None:
+    """The 1-minute load average and this machine's CPU count (None where the OS does not say)."""
+    try:
+        return round(os.getloadavg()[0], 2), os.cpu_count() or 1
+    except (AttributeError, OSError):
+        return None
+
+
+def _borderline(ms: dict[str, Any]) -> bool:
+    """A ratio within 10% of the margin: close enough that another measurement may decide otherwise."""
+    return abs(ms["fp32"] / max(ms["bf16+channels_last"], 1e-9) / PROBE_MARGIN - 1) < 0.10
+
+
+def _not_cacheable(entry: dict[str, Any]) -> str | None:
+    """Why a fresh measurement is not cached (and an old one not reused): taken while more processes
+    wanted to run than there are CPUs, or too close to the margin to stand for this machine."""
+    load, cpus = entry.get("load"), entry.get("cpus") or 1
+    if load is not None and load > cpus:
+        return f"measured under load ({load} on {cpus} CPUs)"
+    if _borderline(entry):
+        return "a borderline ratio, measured each time"
+    return None
+
+
+def unusable(entry: dict[str, Any] | None) -> str | None:
+    """Why a cache entry is not used, and the probe runs again: what would not be cached today."""
+    if entry is None:
+        return "nothing cached for this machine"
+    if os.environ.get(REFRESH) == "refresh":
+        return f"{REFRESH}=refresh"
+    if entry.get("method") != PROBE_METHOD:
+        return ("cached by the earlier wall-clock probe, which a busy machine misleads (two busy processes turned "
+                "2.4x into 1.08x)")
+    return _not_cacheable(entry)
+
+
+def _age(measured_at: str) -> str:
+    seconds = max(0.0, time.time() - datetime.fromisoformat(measured_at).timestamp())
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} ago"
+    return "just now"
+
+
+def cache_key(flags: set[str] | None) -> str:
+    """This machine as the cache knows it: the probe runs in one thread, so the thread count is not part of it."""
+    return f"{cpu_name()} | bf16 flags {sorted((flags or set()) & set(BF16_FLAGS))} | torch {torch.__version__}"
+
+
+def cached(flags: set[str] | None) -> dict[str, Any] | None:
+    """This machine's cache entry as it stands (None when there is none)."""
+    try:
+        return json.loads(cache_file().read_text()).get(cache_key(flags))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def measure(flags: set[str] | None) -> tuple[dict[str, Any], str]:
+    """Probe now, and cache the result unless `_not_cacheable` says otherwise. Returns the entry and
+    where it came from, for the log."""
+    before = _load()
+    entry: dict[str, Any] = {**probe(), "method": PROBE_METHOD,
+                             "measured_at": datetime.now().isoformat(timespec="seconds")}
+    after = _load()
+    if before is not None and after is not None:
+        entry["load"], entry["cpus"] = max(before[0], after[0]), before[1]
+    why_not = _not_cacheable(entry)
+    if why_not:
+        return entry, f"measured now, not cached: {why_not}"
+    path = cache_file()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    # entries of another probe method go: their keys (with a thread count) would never be read again
+    cache = {k: v for k, v in cache.items() if isinstance(v, dict) and v.get("method") == PROBE_METHOD}
+    cache[cache_key(flags)] = entry
+    try:  # a read-only home only costs the next run another probe
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.replace(path)
+    except OSError as exc:
+        log.warning("speed probe: could not cache the result in %s (%s)", path, exc)
+    return entry, f"measured now and cached in {path}"
+
+
 def _probed_cpu_choice(flags: set[str] | None) -> Choice:
-    """The CPU verdict from the cached probe, probing (and caching) on first use on this machine."""
-    key = f"{cpu_name()} | bf16 flags {sorted((flags or set()) & set(BF16_FLAGS))} | torch {torch.__version__} | " \
-          f"{torch.get_num_threads()} threads"
+    """The CPU verdict from the cached probe, measured (and cached) when the cache has no usable entry."""
     path = cache_file()
     with _probe_lock(path):
-        try:
-            cache = json.loads(path.read_text())
-        except (OSError, ValueError):
-            cache = {}
-        ms = cache.get(key)
-        if ms is None:
-            ms = probe()
-            cache[key] = ms
-            try:  # a read-only home only costs the next run another probe
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(cache, indent=1))
-                tmp.replace(path)
-            except OSError as exc:
-                log.warning("speed probe: could not cache the result in %s (%s)", path, exc)
+        entry = cached(flags)
+        why = unusable(entry)
+        if entry is not None and why is None:
+            ms = entry
+            where = f"cached {_age(ms['measured_at'])}, at load {ms.get('load', '?')} on {ms.get('cpus', '?')} CPUs"
+        else:
+            ms, where = measure(flags)
+            where += f"; the cache was not used: {why}" if entry is not None else ""
     ratio = ms["fp32"] / max(ms["bf16+channels_last"], 1e-9)
-    figures = f"probe: fp32 NCHW {ms['fp32']} ms, bf16 + channels_last {ms['bf16+channels_last']} ms per step"
+    figures = (f"probe: fp32 NCHW {ms['fp32']} ms, bf16 + channels_last {ms['bf16+channels_last']} ms per step "
+               f"in one thread; {where}")
     if ratio >= PROBE_MARGIN:
         return Choice(BF16, True, f"CPU with bf16 units, {ratio:.2f}x faster in bf16 ({figures})")
     return Choice(FP32, False, f"CPU bf16 only {ratio:.2f}x (< {PROBE_MARGIN}x) of fp32 ({figures})")
