@@ -248,6 +248,36 @@ def _probed_cpu_choice(flags: set[str] | None) -> Choice:
     return Choice(FP32, False, f"CPU bf16 only {ratio:.2f}x (< {PROBE_MARGIN}x) of fp32 ({figures})")
 
 
+def _verdict(ms: dict[str, Any]) -> str:
+    ratio = ms["fp32"] / max(ms["bf16+channels_last"], 1e-9)
+    return f"{'bf16 + channels_last' if ratio >= PROBE_MARGIN else 'fp32 NCHW'} ({ratio:.2f}x)"
+
+
+def now_and_cached(device_type: str) -> str:
+    """For `python -m segframe.bench --only knobs`: what auto picks here now (a fresh probe, not
+    cached), what the cache holds and whether it would be used, and a flag when the two disagree."""
+    flags = cpu_flags()
+    if device_type != "cpu" or bf16_units(flags) is False:
+        best = capability(device_type)
+        return f"auto (trainer.precision=auto module.channels_last=auto) picks here: {best.precision}, " \
+               f"channels_last {best.channels_last} ({best.reason}; no probe, nothing cached)"
+    fresh = probe()
+    load = _load()
+    entry = cached(flags)
+    line = (f"auto (trainer.precision=auto module.channels_last=auto), probed now: {_verdict(fresh)}, fp32 NCHW "
+            f"{fresh['fp32']} ms, bf16 + channels_last {fresh['bf16+channels_last']} ms per step in one thread "
+            f"(load {load[0] if load else '?'} on {load[1] if load else '?'} CPUs)\n")
+    if entry is None:
+        return line + f"the cache ({cache_file()}) holds nothing for this machine: a run would probe"
+    why = unusable(entry)
+    line += (f"the cache ({cache_file()}): {_verdict(entry)}, measured {entry.get('measured_at', 'at an unknown time')} "
+             f"at load {entry.get('load', '?')}; " + (f"a run would measure again ({why})" if why else "a run uses it"))
+    if why is None and _verdict(entry).split(" (")[0] != _verdict(fresh).split(" (")[0]:
+        line += (f"\nDISAGREEMENT: the cache says {_verdict(entry)}, a probe now {_verdict(fresh)}; "
+                 f"{REFRESH}=refresh on the next run measures again")
+    return line
+
+
 def bf16_units(flags: set[str] | None) -> bool | None:
     """Whether CPU `flags` (host.cpu_flags()) list bf16 matrix or vector units; None where the flags
     could not be read. Without them bf16 is emulated, 10-30x slower than fp32."""

@@ -253,3 +253,18 @@ def test_the_bf16_choice_trains_shapes_like_fp32(tmp_path):
     margin = max(1.0, (high - low) / 2)
     print(f"mIoU per seed: {miou}")
     assert low - margin <= statistics.fmean(miou["bf16"]) <= high + margin, miou
+
+
+def test_the_bench_says_what_auto_picks_now_and_flags_a_cache_that_disagrees(monkeypatch, probes):
+    calls, figures = probes
+    flags = {"avx512_bf16"}
+    monkeypatch.setattr(speed, "cpu_flags", lambda: flags)
+    assert "holds nothing for this machine" in speed.now_and_cached("cpu")
+    _cache(speed.cache_key(flags), {"fp32": 100.0, "bf16+channels_last": 105.0, "method": speed.PROBE_METHOD,
+                                    "load": 0.3, "cpus": 2, "measured_at": "2026-12-01T10:00:00"})
+    text = speed.now_and_cached("cpu")
+    assert "probed now: bf16 + channels_last (2.00x)" in text and "a run uses it" in text
+    assert "DISAGREEMENT: the cache says fp32 NCHW (0.95x), a probe now bf16 + channels_last (2.00x)" in text
+    figures["bf16+channels_last"] = 110.0  # the probe agrees with the cache now
+    assert "DISAGREEMENT" not in speed.now_and_cached("cpu")
+    assert len(calls) == 3 and json.loads(speed.cache_file().read_text())[speed.cache_key(flags)]["fp32"] == 100.0

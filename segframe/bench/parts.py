@@ -147,15 +147,13 @@ def knobs(args: argparse.Namespace, tmp: Path) -> str:
                        {k: v["gflops"] for k, v in peaks.items()}, stride=args.stride, warmup=args.warmup,
                        max_steps=args.steps, min_steps=args.min_steps, budget_s=args.budget,
                        max_slowdown=args.max_slowdown, rounds=args.rounds, log=_progress)
-    auto = speed.capability(device.type)
     text = (f"FCN-{args.stride}s, batch {args.batch}, {args.size}x{args.size}, random init, SGD momentum; each setting "
             f"(one knob, or several joined by +) vs the baseline (fp32, NCHW, eager, cudnn.benchmark off), all timed "
             f"in up to {args.rounds} interleaved rounds after {args.warmup} warm-up step(s); ms/step = median of all timed "
             f"steps; per round = the speed-up's min-max over the rounds; GFLOP/s = the baseline step's "
             f"FlopCounterMode count / time; compile = first step - median step, "
             f"{'inductor cache as found' if args.compile_cache else 'cold cache'}\n" + report(rows, peaks) +
-            f"\nauto (trainer.precision=auto module.channels_last=auto) picks here: precision {auto.precision}, "
-            f"channels_last {auto.channels_last} ({auto.reason})")
+            "\n" + speed.now_and_cached(device.type))
     if args.gpu_figures or (args.gpu_figures is None and device.type == "cuda"):
         text += "\n" + _gpu_figure(args, tmp, device)
     return text
