@@ -158,6 +158,6 @@ def load_model(path: str | Path, device: str = "auto", scales: Sequence[float] |
                                    f"(`python -m segframe.export ckpt=... format=onnx` writes one)")
         exported = load_exported(str(path))
         return Segmenter(exported, exported.classes, exported.palette, options, target, str(path))
-    module = module_from_checkpoint(load_checkpoint(str(path)), options)
+    module = module_from_checkpoint(load_checkpoint(str(path), command="predict"), options)
     module.eval().to(target)
     return Segmenter(module.model, module.classes, module.palette, options, target, str(path))

@@ -81,6 +81,11 @@ def _exported_advice(path: str, graph: str, command: str | None) -> str:
         return (f"{text}: python -m segframe.eval ckpt={ckpt}. segframe.eval evaluates training checkpoints only, "
                 f"not exported graphs; the graph's agreement with its checkpoint was measured at export (the "
                 f"sidecar's \"parity\"), and `python -m segframe.predict ckpt={path} input=DIR` shows its masks")
+    if command == "predict":  # predict and load_model run graphs too, told by the suffix
+        suffix = ".onnx" if graph == "onnx" else ".ts"
+        return (f"{path} is an exported {'ONNX' if graph == 'onnx' else 'TorchScript'} graph under a checkpoint's "
+                f"name; predict and load_model run graphs named *{suffix} (with the sidecar *{suffix}.json "
+                f"beside it): rename it, or pass the checkpoint it was exported from{f' ({source})' if source else ''}")
     return f"{text}: python -m segframe.{command or 'COMMAND'} ckpt={ckpt} ..."
 
 

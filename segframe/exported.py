@@ -4,7 +4,8 @@ sidecar JSON checked, the graph loaded, and called like a segframe model.
 The graph takes images [B,3,H,W] of any size (float32 RGB in [0,1], or uint8 0..255 when exported
 with `export.input=uint8`); normalisation and padding happen inside it. It returns logits
 [B,C,H,W] or class ids [B,H,W] (`export.outputs=labels`). Classes, palette and how it was made are
-in the sidecar `<graph>.json` beside it.
+in the sidecar `<graph>.json` beside it, with the graph's sha256: loading checks that the two belong
+together (check_pair) and refuses a graph beside another export's sidecar.
 """
 
 from __future__ import annotations
@@ -248,20 +249,21 @@ def check_pair(model: ExportedModel, declared: dict[str, Any]) -> None:
     warning says to export again)."""
     path, side_path, side = model.path, sidecar_path(model.path), model.sidecar
     differ = []
-    if declared.get("input", model.input_dtype) != model.input_dtype:
+    found = dict(declared)
+    if declared.get("input", model.input_dtype) != model.input_dtype:  # then only what the graph declares
         differ.append(f"the graph takes {declared['input']} images but the sidecar says input {model.input_dtype}")
     else:
         try:
-            found = {**declared, **model.probe()}
+            found.update(model.probe())
         except Exception as exc:  # noqa: BLE001 (a runtime's own error on a graph it cannot run so)
             first = (str(exc).strip().splitlines() or [""])[0]
             found = {"outputs": f"an error on a {model.input_dtype} image ({type(exc).__name__}: {first})"}
-        if found["outputs"] != model.outputs:
-            differ.append(f"the graph returns {_OUTPUTS.get(found['outputs'], found['outputs'])} but the sidecar "
-                          f"says outputs={model.outputs} ({_OUTPUTS[model.outputs]})")
-        elif found.get("num_classes", model.num_classes) != model.num_classes:
-            differ.append(f"the graph outputs {found['num_classes']} classes but its sidecar ({side_path.name}) "
-                          f"names {model.num_classes}")
+    if found.get("outputs", model.outputs) != model.outputs:
+        differ.append(f"the graph returns {_OUTPUTS.get(found['outputs'], found['outputs'])} but the sidecar "
+                      f"says outputs={model.outputs} ({_OUTPUTS[model.outputs]})")
+    elif found.get("num_classes", model.num_classes) != model.num_classes:
+        differ.append(f"the graph outputs {found['num_classes']} classes but its sidecar ({side_path.name}) "
+                      f"names {model.num_classes}")
     recorded = side.get("graph_sha256")
     actual = sha256_file(path) if recorded and not differ else recorded
     if actual != recorded:

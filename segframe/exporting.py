@@ -140,7 +140,7 @@ def _check_request(fmt: str, opts: dict[str, Any], output: Path) -> None:
 def export_checkpoint(ckpt_path: str, fmt: str, output: Path, opts: dict[str, Any]) -> dict[str, Any]:
     """Export, check parity, write graph + sidecar atomically; returns the sidecar."""
     _check_request(fmt, opts, output)
-    ckpt = load_checkpoint(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path, command="export")
     module = module_from_checkpoint(ckpt, {})
     model = module.model.float().eval().to(memory_format=torch.contiguous_format)
     wrapper = Deployable(model, uint8_input=opts["input"] == "uint8", labels=opts["outputs"] == "labels").eval()

@@ -136,7 +136,7 @@ def predict(cfg: DictConfig, run_dir: Path) -> int:
     files, left_out = list_inputs(str(cfg.input))
     options = components.inference_options(cfg.eval)
     module: Any = ExportedPredictor(load_exported(cfg.ckpt), options) if is_exported(cfg.ckpt) else \
-        module_from_checkpoint(load_checkpoint(cfg.ckpt), options)
+        module_from_checkpoint(load_checkpoint(cfg.ckpt, command="predict"), options)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     out_dir = Path(cfg.output) if cfg.output else run_dir
     written, failed = predict_files(module, files, out_dir, float(cfg.overlay_alpha), device)
