@@ -5,7 +5,6 @@ checkpoints is checkpointing.py's job.)"""
 from __future__ import annotations
 
 import json
-import pickle
 import warnings
 import zipfile
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 
-from segframe.errors import CheckpointError, MissingFileError
+from segframe.errors import CheckpointError, MissingFileError, load_problem
 from segframe.module import SegModule
 
 
@@ -33,7 +32,7 @@ def load_checkpoint(path: str, command: str | None = None) -> dict[str, Any]:
     except Exception as exc:  # truncated zip, pickled objects, not a torch file...
         # not `from exc`: the command line prints a cause, and torch's would advise weights_only=False
         # (running the code a pickle holds); the traceback (SEGFRAME_TRACEBACK=1) still shows it
-        raise CheckpointError(f"{path} cannot be loaded as a segframe checkpoint: {_load_problem(exc)}. {TRAINED}")
+        raise CheckpointError(f"{path} cannot be loaded as a segframe checkpoint: {load_problem(exc)}. {TRAINED}")
     if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "model_config" not in ckpt["hyper_parameters"]:
         raise CheckpointError(f"{path} is not a segframe checkpoint (no hyper_parameters.model_config). {TRAINED}")
     return ckpt
@@ -87,21 +86,6 @@ def _exported_advice(path: str, graph: str, command: str | None) -> str:
                 f"name; predict and load_model run graphs named *{suffix} (with the sidecar *{suffix}.json "
                 f"beside it): rename it, or pass the checkpoint it was exported from{f' ({source})' if source else ''}")
     return f"{text}: python -m segframe.{command or 'COMMAND'} ckpt={ckpt} ..."
-
-
-def _load_problem(exc: Exception) -> str:
-    """torch.load's failure in a line, without its advice to load with weights_only=False (that
-    would run whatever code a pickle holds: a segframe checkpoint never needs it)."""
-    text = str(exc)
-    after = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
-    detail = next((line.strip().split(". ")[0] for line in after.splitlines() if line.strip()), None)
-    if detail is not None or "weights_only" in text:
-        return ("it holds pickled Python objects, which segframe never unpickles (a segframe checkpoint is tensors "
-                f"and plain data only){f'; {detail}' if detail else ''}")
-    if isinstance(exc, (pickle.UnpicklingError, KeyError, EOFError)) or "invalid load key" in text:
-        return f"not a torch checkpoint file ({type(exc).__name__}: {text.splitlines()[0] if text else ''})"
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    return f"damaged, truncated or not a torch file ({type(exc).__name__}: {first})"
 
 
 def trained_data(ckpt: dict[str, Any]) -> dict[str, Any] | None:

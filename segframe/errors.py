@@ -11,6 +11,8 @@ config check still works.
 
 from __future__ import annotations
 
+import pickle
+
 
 class SegframeError(Exception):
     """A failure the user caused (config, data, files, weights, process layout) and can fix."""
@@ -80,3 +82,18 @@ class LaunchError(SegframeError, ValueError):
 class ExportError(SegframeError, ValueError):
     """An export that cannot be made or trusted (a parity check failed, a missing `segframe[export]`
     extra), or an exported graph whose sidecar is missing, damaged or contradicts the graph."""
+
+
+def load_problem(exc: Exception) -> str:
+    """torch.load's failure (a checkpoint, an init_from or pretrained weights file) in a line, without its advice to load with weights_only=False (that
+    would run whatever code a pickle holds: a segframe checkpoint never needs it)."""
+    text = str(exc)
+    after = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
+    detail = next((line.strip().split(". ")[0] for line in after.splitlines() if line.strip()), None)
+    if detail is not None or "weights_only" in text:
+        return ("it holds pickled Python objects, which segframe never unpickles (checkpoints and weights files "
+                f"need tensors and plain data only){f'; {detail}' if detail else ''}")
+    if isinstance(exc, (pickle.UnpicklingError, KeyError, EOFError)) or "invalid load key" in text:
+        return f"not a torch checkpoint file ({type(exc).__name__}: {text.splitlines()[0] if text else ''})"
+    first = text.strip().splitlines()[0].split(". ")[0] if text.strip() else ""  # torch's own advice goes
+    return f"damaged, truncated or not a torch file ({type(exc).__name__}: {first})"

@@ -47,6 +47,11 @@ def test_a_damaged_pretrained_file_is_named(tmp_path):
     assert res.returncode == 1
     assert f"model.pretrained={cut}: {cut} cannot be loaded as a weights file" in res.stderr, res.stderr[-2000:]
     assert "(while building `model`)" in res.stderr and "Error in call to target" not in res.stderr
+    assert "damaged, truncated or not a torch file" in res.stderr and "weights_only" not in res.stderr
+    res = run_cli("train", "experiment=quickstart", f"model.init_from={cut}", "trainer.max_steps=1",
+                  f"hydra.run.dir={tmp_path / 'run'}")
+    assert res.returncode == 1 and f"model.init_from={cut}: {cut} cannot be loaded" in res.stderr, res.stderr[-2000:]
+    assert "damaged, truncated or not a torch file" in res.stderr and "weights_only" not in res.stderr
 
 
 def test_on_bad_skip_names_what_it_skipped(tmp_path):

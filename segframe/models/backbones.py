@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from segframe.errors import ConfigError, MissingFileError, PretrainedWeightsError
+from segframe.errors import ConfigError, MissingFileError, PretrainedWeightsError, load_problem
 from segframe.models.caffe import CONV1_PAD
 
 Pretrained = bool | str | os.PathLike
@@ -68,9 +68,9 @@ def read_weights_file(pretrained: str | os.PathLike, example: str, download: str
     try:  # weights_only: never unpickle arbitrary objects from a file we did not create
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickled objects, not a torch file...
-        raise ConfigError(f"model.pretrained={pretrained}: {path} cannot be loaded as a weights file "
-                          f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
-                          f"pass an intact copy of {example}, or model.pretrained=false") from exc
+        # not `from exc`: torch's cause advises weights_only=False (running the code a pickle holds)
+        raise ConfigError(f"model.pretrained={pretrained}: {path} cannot be loaded as a weights file: "
+                          f"{load_problem(exc)}; pass an intact copy of {example}, or model.pretrained=false")
 
 
 def load_pretrained(model: nn.Module, pretrained: Pretrained, weights: torchvision.models.WeightsEnum) -> None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segframe.errors import ConfigError, MissingFileError
+from segframe.errors import ConfigError, MissingFileError, load_problem
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +134,9 @@ def read_init_file(path: str | os.PathLike) -> tuple[Path, Any]:
     try:
         return file, torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickled objects, not a torch file...
-        raise ConfigError(f"init_from {file} cannot be loaded as a weights file or checkpoint "
-                          f"({type(exc).__name__}: {exc})") from exc
+        # not `from exc`: torch's cause advises weights_only=False (running the code a pickle holds)
+        raise ConfigError(f"model.init_from={path}: {file} cannot be loaded as a weights file or checkpoint: "
+                          f"{load_problem(exc)}")
 
 
 def load_matching_weights(model: nn.Module, path: str | os.PathLike, loaded: Any = None) -> tuple[list[str], list[str]]:
