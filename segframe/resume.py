@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import logging
 import re
 import warnings
@@ -83,11 +84,12 @@ def find_resume(resume: str | None, run_dir: Path, config: dict[str, Any]) -> Re
     _clean(path.parent)
     # checkpoints before `run_config` existed kept the run's config among the module's hyper-parameters
     before = ckpt.get("run_config") or (ckpt.get("hyper_parameters") or {}).get("config") or {}
-    if fit_done(ckpt, before, config) and (owner / METRICS).is_file() and (owner / CARD).is_file():
+    reported = _reported(owner)
+    if fit_done(ckpt, before, config) and reported is not None:
         log.info("resume=%s: %s already finished (%d epochs and %d optimizer steps done); its results are in %s "
-                 "and stay as they are, checkpoints included. To train it longer, raise trainer.max_epochs or "
-                 "trainer.max_steps with the same resume=; to evaluate it otherwise, python -m segframe.eval ckpt=...",
-                 resume, owner, epoch, step, owner / METRICS)
+                 "and are left as they are, checkpoints included. To train it longer, run this again with a larger "
+                 "trainer.max_epochs or trainer.max_steps; to evaluate it again: python -m segframe.eval ckpt=%s",
+                 resume, owner, epoch, step, owner / METRICS, reported.get("checkpoint") or path)
         return ResumePoint(path=path, run_dir=owner, step=step, finished=True)
     log.info("resuming %s from %s (%d epochs and %d optimizer steps done)", owner, path, epoch, step)
     changed = config_changes(before, config)
@@ -99,6 +101,14 @@ def find_resume(resume: str | None, run_dir: Path, config: dict[str, Any]) -> Re
     knobs = ckpt.get("speed_knobs")
     return ResumePoint(path=path, run_dir=owner, step=step, speed_knobs=dict(knobs) if knobs else None,
                        mid_epoch=_mid_epoch(ckpt["loops"]["fit_loop"]))
+
+
+def _reported(run_dir: Path) -> dict[str, Any] | None:
+    """The run's metrics.json when its report is complete (metrics.json and the model card), else None."""
+    try:
+        return json.loads((run_dir / METRICS).read_text()) if (run_dir / CARD).is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def _mid_epoch(fit_loop: dict[str, Any]) -> tuple[int, int] | None:
