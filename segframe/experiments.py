@@ -16,12 +16,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from segframe.errors import MissingFileError
-from segframe.metric_names import image_summary_keys, summary_keys
+from segframe.metric_names import anchor_image_keys, image_summary_keys, summary_keys
 from segframe.paths import EXPERIMENTS_DIR
 
-# dataset-level, then per image (miou_img, mdice_img: the polyp papers' convention), recorded per run
-# and judged alike; a reference may lack some (e.g. mdice): those print "-" and judge nothing
-METRICS = (*summary_keys(), *image_summary_keys())
+# dataset-level, then per image (miou_img, mdice_img: the polyp papers' convention; jaccard_ternaus,
+# dice_ternaus: TernausNet's, EndoVis 2017), recorded per run and judged alike; a reference may lack some (e.g. mdice): those print "-" and judge nothing
+METRICS = (*summary_keys(), *image_summary_keys(), *anchor_image_keys())
 
 
 def experiments_dir() -> Path:

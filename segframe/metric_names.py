@@ -19,8 +19,17 @@ def image_summary_keys() -> Sequence[str]:
     return ("miou_img", "mdice_img")
 
 
+def anchor_image_keys() -> Sequence[str]:
+    """TernausNet's per-image scores (ternaus/robot-surgery-segmentation, evaluate.py), the EndoVis 2017
+    community's numbers: each image's Jaccard / Dice averaged over the foreground classes in its
+    ground truth (1 when ground truth and prediction are both empty, 0 when only the ground truth
+    is), then over all images. Under their own names: they are not miou_img / mdice_img."""
+    return ("jaccard_ternaus", "dice_ternaus")
+
+
 SUMMARY_HEADERS = {"miou": "mIoU %", "mdice": "mDice %", "mean_acc": "mean acc %", "pixel_acc": "pixel acc %",
-                   "fwiou": "fwIoU %", "miou_img": "mIoU per image %", "mdice_img": "mDice per image %"}
+                   "fwiou": "fwIoU %", "miou_img": "mIoU per image %", "mdice_img": "mDice per image %",
+                   "jaccard_ternaus": "Jaccard (TernausNet, per image) %", "dice_ternaus": "Dice (TernausNet, per image) %"}
 
 
 def percent(value: float | None, *, fraction: bool = True, missing: str = "n/a") -> str:

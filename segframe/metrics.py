@@ -159,6 +159,11 @@ class PerImageScores(Metric):
     `dice_sum[c]` = sum of Dice_i(c), `iou_sum[c]` = sum of IoU_i(c), and
     `images[c]` = number of images that contain c. See image_scores() for the averages.
     `skip_background` (True when class 0 is named "background") is read by image_scores().
+
+    Beside them, TernausNet's convention (metric_names.anchor_image_keys), class 0 as background:
+    per image, the mean over the classes c >= 1 in its ground truth of Jaccard_i(c) / Dice_i(c); an
+    image whose ground truth has no such class scores 1 when its prediction has none either, else 0.
+    `ternaus_jaccard_sum` / `ternaus_dice_sum` sum those over images, `num_images` counts them.
     """
 
     full_state_update = False
@@ -170,6 +175,9 @@ class PerImageScores(Metric):
         self.add_state("dice_sum", default=torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("iou_sum", default=torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("images", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("ternaus_jaccard_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("ternaus_dice_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("num_images", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         """preds: class indices [B,H,W] (or logits [B,C,H,W]); target: [B,H,W] with ignore pixels."""
@@ -192,23 +200,37 @@ class PerImageScores(Metric):
         total = cm.sum(2) + cm.sum(1)  # gt + pred pixels per image and class
         present = total > 0
         denominator = total.clamp_min(1)
-        self.dice_sum += (2 * tp / denominator).sum(0)
-        self.iou_sum += (tp / (total - tp).clamp_min(1)).sum(0)
+        dice, iou = 2 * tp / denominator, tp / (total - tp).clamp_min(1)
+        self.dice_sum += dice.sum(0)
+        self.iou_sum += iou.sum(0)
         self.images += present.sum(0)
+        # TernausNet: the foreground classes in each image's ground truth; empty ground truth: 1 or 0
+        in_gt = cm.sum(2)[:, 1:] > 0
+        classes_in_gt = in_gt.sum(1)
+        empty_score = (cm.sum(1)[:, 1:].sum(1) == 0).double()  # 1 when nothing is predicted as foreground
+        for scores_, total_ in ((iou, "ternaus_jaccard_sum"), (dice, "ternaus_dice_sum")):
+            mean = (scores_[:, 1:] * in_gt).sum(1) / classes_in_gt.clamp_min(1)
+            setattr(self, total_, getattr(self, total_) + torch.where(classes_in_gt > 0, mean, empty_score).sum())
+        self.num_images += cm.shape[0]
 
     def compute(self) -> dict[str, torch.Tensor]:
-        return {"dice_sum": self.dice_sum, "iou_sum": self.iou_sum, "images": self.images}
+        return {"dice_sum": self.dice_sum, "iou_sum": self.iou_sum, "images": self.images,
+                "ternaus_jaccard_sum": self.ternaus_jaccard_sum, "ternaus_dice_sum": self.ternaus_dice_sum,
+                "num_images": self.num_images}
 
 
 def image_scores(dice_sum: np.ndarray | torch.Tensor, iou_sum: np.ndarray | torch.Tensor,
-                 images: np.ndarray | torch.Tensor, skip_background: bool = False) -> dict[str, Any]:
+                 images: np.ndarray | torch.Tensor, skip_background: bool = False,
+                 ternaus_jaccard_sum: float | torch.Tensor = 0.0, ternaus_dice_sum: float | torch.Tensor = 0.0,
+                 num_images: int | torch.Tensor = 0) -> dict[str, Any]:
     """Per-image averages from PerImageScores' states, as fractions in [0, 1]:
     per_class_dice_img[c] = mean over the images that contain c (in gt or prediction) of that
     image's Dice for c (NaN when no image contains c); likewise per_class_iou_img;
     mdice_img / miou_img = mean of those per-class averages over the classes some image
     contains, without class 0 when `skip_background` (class 0 named "background"). For a
     binary dataset [background, polyp], mdice_img is the per-image polyp Dice averaged over
-    the images (the number polyp papers report)."""
+    the images (the number polyp papers report). jaccard_ternaus / dice_ternaus: TernausNet's
+    convention (see PerImageScores), only where class 0 is background (else NaN)."""
     def array(x: np.ndarray | torch.Tensor) -> np.ndarray:
         return x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, float)
 
@@ -225,5 +247,7 @@ def image_scores(dice_sum: np.ndarray | torch.Tensor, iou_sum: np.ndarray | torc
         "per_class_iou_img": iou_img.tolist(),
         "per_class_dice_img": dice_img.tolist(),
         "images_per_class": count.astype(np.int64).tolist(),
+        **{key: float(total) / int(num_images) if skip_background and int(num_images) else float("nan")
+           for key, total in (("jaccard_ternaus", ternaus_jaccard_sum), ("dice_ternaus", ternaus_dice_sum))},
         "skip_background": bool(skip_background),
     }

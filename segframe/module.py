@@ -14,7 +14,7 @@ from torch import nn
 from segframe import losses
 from segframe.errors import ConfigError
 from segframe.inference import check_options, infer, single_pass
-from segframe.metric_names import summary_keys
+from segframe.metric_names import anchor_image_keys, image_summary_keys, summary_keys
 from segframe.metrics import ConfusionMatrix, PerImageScores, image_scores, labels, scores
 from segframe.models.base import to_input
 
@@ -181,7 +181,8 @@ class SegModule(pl.LightningModule):
                 values[f"{stage}/iou_{name}"] = iou
         image_metric = getattr(self, f"{stage}_img_scores")  # per image, medical convention: own names
         per_image = image_scores(**image_metric.compute(), skip_background=image_metric.skip_background)
-        values.update({f"{stage}/mdice_img": per_image["mdice_img"], f"{stage}/miou_img": per_image["miou_img"]})
+        values.update({f"{stage}/{k}": per_image[k] for k in (*image_summary_keys(), *anchor_image_keys())
+                       if k in image_summary_keys() or not math.isnan(per_image[k])})  # TernausNet's: background only
         self.log_dict(values, prog_bar=False)
         self.log(f"{stage}/miou", result["miou"], prog_bar=True)
         self.last_confmat[stage] = confmat.detach().cpu()

@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from segframe.data.colours import IGNORE_COLOUR, colorize
-from segframe.metric_names import SUMMARY_HEADERS, image_summary_keys, percent, summary_keys
+from segframe.metric_names import SUMMARY_HEADERS, anchor_image_keys, image_summary_keys, percent, summary_keys
 from segframe.metrics import scores
 from segframe.paths import REPO_ROOT
 
@@ -75,6 +75,12 @@ def markdown_table(result: dict[str, Any], classes: Sequence[str], image_result:
                   "", "| " + " | ".join(SUMMARY_HEADERS[k] for k in image_summary_keys()) + " |",
                   "| " + " | ".join("---:" for _ in image_summary_keys()) + " |",
                   "| " + " | ".join(percent(image_result[k]) for k in image_summary_keys()) + " |"]
+        if not math.isnan(image_result.get("jaccard_ternaus", float("nan"))):
+            lines += ["", "TernausNet's convention (EndoVis 2017): per image, over the classes in its ground truth; "
+                          "an image with an empty ground truth scores 1 if nothing is predicted, else 0.",
+                      "", "| " + " | ".join(SUMMARY_HEADERS[k] for k in anchor_image_keys()) + " |",
+                      "| " + " | ".join("---:" for _ in anchor_image_keys()) + " |",
+                      "| " + " | ".join(percent(image_result[k]) for k in anchor_image_keys()) + " |"]
     return "\n".join(lines) + "\n"
 
 
@@ -204,6 +210,8 @@ def write_report(run_dir: str | Path, confmat: torch.Tensor | np.ndarray, classe
     metrics = {
         **{k: _json_number(result[k]) for k in summary_keys()},
         **{k: _json_number(image_result[k]) if image_result is not None else None for k in image_summary_keys()},
+        **{k: _json_number(image_result.get(k, float("nan"))) if image_result is not None else None
+           for k in anchor_image_keys()},
         "per_image_excludes_background": bool(image_result["skip_background"]) if image_result is not None else None,
         "per_class": {r["class"]: {k: _json_number(v) for k, v in r.items() if k != "class"} for r in rows},
         "classes": list(classes),

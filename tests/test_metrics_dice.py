@@ -132,13 +132,14 @@ def test_per_image_states_sum_like_ranks():
     whole.update(torch.from_numpy(pred), torch.from_numpy(gt))
     a.update(torch.from_numpy(pred[:3]), torch.from_numpy(gt[:3]))
     b.update(torch.from_numpy(pred[3:]), torch.from_numpy(gt[3:]))
-    summed = {k: a.compute()[k] + b.compute()[k] for k in ("dice_sum", "iou_sum", "images")}
+    states = ("dice_sum", "iou_sum", "images", "ternaus_jaccard_sum", "ternaus_dice_sum", "num_images")
+    summed = {k: a.compute()[k] + b.compute()[k] for k in states}
     for key, value in whole.compute().items():
         assert torch.allclose(summed[key], value, rtol=1e-12, atol=0), key
     assert torch.equal(summed["images"], whole.compute()["images"])
     a.merge_state(b)  # torchmetrics' own merge (compute() would return its cached value here: read the states)
     assert torch.allclose(a.dice_sum, whole.dice_sum, rtol=1e-12, atol=0) and torch.equal(a.images, whole.images)
-    for name in ("dice_sum", "iou_sum", "images"):
+    for name in states:
         assert a._reductions[name].__name__.endswith("sum")  # dist_reduce_fx="sum"
 
 
@@ -219,3 +220,53 @@ def test_prediction_grid_legend_wraps_for_many_classes(tmp_path):
     grid = Image.open(tmp_path / "p.png")
     rows = 2 * 200  # 40 px short side -> 5x -> 200 px cells
     assert grid.width >= 3 * 300 and grid.height > rows + 4 * 20  # the legend takes several lines
+
+
+def _ternaus_by_hand(gts, preds):
+    """ternaus/robot-surgery-segmentation evaluate.py's general_jaccard / general_dice, written out."""
+    jaccards, dices = [], []
+    for gt, pred in zip(gts, preds):
+        if gt.sum() == 0:
+            score = 1.0 if pred.sum() == 0 else 0.0
+            jaccards.append(score)
+            dices.append(score)
+            continue
+        js, ds = [], []
+        for c in sorted(set(gt.flatten().tolist()) - {0}):
+            t, p = gt == c, pred == c
+            inter = (t & p).sum()
+            js.append((inter + 1e-15) / (t.sum() + p.sum() - inter + 1e-15))
+            ds.append((2 * inter + 1e-15) / (t.sum() + p.sum() + 1e-15))
+        jaccards.append(np.mean(js))
+        dices.append(np.mean(ds))
+    return float(np.mean(jaccards)), float(np.mean(dices))
+
+
+def test_ternausnet_per_image_scores_match_a_hand_computation():
+    """Four images of a 4-class (parts) problem: both empty (1), empty gt with a prediction (0), a
+    prediction of a class absent from the gt (it does not count for that image's mean), two classes."""
+    from segframe.metrics import PerImageScores, image_scores
+
+    gts = np.zeros((4, 4, 4), np.int64)
+    preds = np.zeros((4, 4, 4), np.int64)
+    preds[1, 0, 0] = 2  # empty gt, something predicted: 0
+    gts[2, :2] = 1
+    preds[2, :1] = 1
+    preds[2, 3, :] = 3  # class 3 predicted, absent from the gt: not averaged for this image
+    gts[3, :2, :2], gts[3, 2:, 2:] = 1, 2
+    preds[3, :2, :1], preds[3, 2:, 2:], preds[3, 0, 3] = 1, 2, 2
+    metric = PerImageScores(4, skip_background=True)
+    metric.update(torch.from_numpy(preds[:3]), torch.from_numpy(gts[:3]))
+    metric.update(torch.from_numpy(preds[3]), torch.from_numpy(gts[3]))  # one image alone, as eval may give it
+    got = image_scores(**metric.compute(), skip_background=True)
+    jaccard, dice = _ternaus_by_hand(gts, preds)
+    assert got["jaccard_ternaus"] == pytest.approx(jaccard, abs=1e-12)
+    assert got["dice_ternaus"] == pytest.approx(dice, abs=1e-12)
+    # by hand: (1 + 0 + 0.5 + (0.5 + 0.8) / 2) / 4 and (1 + 0 + 2/3 + (2/3 + 8/9) / 2) / 4
+    assert jaccard == pytest.approx((1 + 0 + 0.5 + (0.5 + 0.8) / 2) / 4)
+    assert dice == pytest.approx((1 + 0 + 2 / 3 + (2 / 3 + 8 / 9) / 2) / 4)
+    assert got["miou_img"] != pytest.approx(jaccard)  # another convention, kept under its own name
+    # without a background class the convention means nothing: not reported
+    plain = PerImageScores(4, skip_background=False)
+    plain.update(torch.from_numpy(preds), torch.from_numpy(gts))
+    assert np.isnan(image_scores(**plain.compute(), skip_background=False)["jaccard_ternaus"])
