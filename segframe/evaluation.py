@@ -12,6 +12,7 @@ from segframe import components
 from segframe.checkpoint import load_checkpoint, module_from_checkpoint, trained_data
 from segframe.config import check_keys
 from segframe.data.augment import identity
+from segframe.data.manifest import split_info
 from segframe.errors import CheckpointError
 from segframe.report import finish_run, predict_examples
 
@@ -41,7 +42,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     examples = predict_examples(module, dm.eval_dataloader(split), cfg.report.num_images) \
         if cfg.report.num_images > 0 else None
     info = {"dataset": dm.manifest["name"], "split": split, "checkpoint": str(cfg.ckpt),
-            "num_samples": dm.manifest["splits"][split]["num_samples"], "inference": module.inference,
+            "num_samples": split_info(dm.manifest, split, dm.shard_dir)["num_samples"], "inference": module.inference,
             "speed_knobs": knobs.record()}
     return finish_run(run_dir, cfg, module.last_confmat["test"], module.last_image_scores.get("test"), dm.classes,
                       dm.palette, info, examples)

@@ -51,7 +51,10 @@ def row(name: str, experiment: Any, result: dict[str, Any] | None) -> str:
         reproduced = " / ".join(_cell(metrics[m]["reproduced"]) for m in METRICS)
         if names_image:
             reproduced += _per_image({m: metrics[m]["reproduced"] for m in IMAGE_METRICS if m in metrics})
-        reproduced += f" (mIoU per seed: {seeds})"
+        per_fold = metrics["miou"].get("per_fold")
+        reproduced += (f" (mean of {len(per_fold)} folds, mIoU per fold: "
+                       f"{', '.join(_cell(v) for v in per_fold.values())}; spread {_cell(metrics['miou']['spread'])})"
+                       if per_fold else f" (mIoU per seed: {seeds})")
         diff = "-" if metrics["miou"]["diff"] is None else f"{metrics['miou']['diff']:+.2f}"
         diff += "".join(f" ({a['name']}: {a['diff']['miou']:+.2f})" for a in also if a["diff"].get("miou") is not None)
         # every metric compare() judged: the dataset-level ones and the per-image ones
@@ -146,8 +149,10 @@ def comparison_text(name: str, rows: dict[str, Any], also: list[dict[str, Any]] 
         verdict = {True: "ok", False: "MISS", None: ""}[cells["within"]] + \
             (f" (at least {cells['minimum']:.2f})" if cells.get("minimum") is not None else "")
         diff = "-" if cells["diff"] is None else f"{cells['diff']:+.2f}"
+        folds = (f"; per fold {' / '.join(f'{k}: {_cell(v)}' for k, v in cells['per_fold'].items())}, "
+                 f"spread {_cell(cells['spread'])}") if cells.get("per_fold") else ""
         lines.append(f"{metric:<10} {_cell(cells['reported']):>9} {_cell(cells['reproduced']):>11} {diff:>7} "
-                     f"{_cell(cells['tolerance']):>9}  {cells['per_seed']} {verdict}")
+                     f"{_cell(cells['tolerance']):>9}  {cells['per_seed']}{folds} {verdict}")
     for a in also:
         cells = ", ".join(f"{m} {_cell(v)} (diff {'-' if a['diff'][m] is None else format(a['diff'][m], '+.2f')})"
                           for m, v in a["mean"].items())

@@ -91,12 +91,18 @@ def not_recorded(experiment: DictConfig, overrides: list[str], runs: list[dict[s
 
 
 def compare(reference: DictConfig | None, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Reproduced mean / spread per metric (percent) against the reference and its tolerance."""
+    """Reproduced mean / spread per metric (percent) against the reference and its tolerance. Runs
+    of a cross-validation (each with its `fold`) are averaged per fold first: the reproduced value
+    is the mean of the fold means, the spread is theirs (max - min), and `per_fold` lists them."""
     done = [r for r in runs if r["ok"]]
+    folds = sorted({r["fold"] for r in done if r.get("fold") is not None})
     rows = {}
     for metric in METRICS:
         values = [100 * r[metric] for r in done if r.get(metric) is not None]
-        mean = round(statistics.fmean(values), 2) if values else None
+        per_fold = {k: round(statistics.fmean(v), 2) for k in folds
+                    if (v := [100 * r[metric] for r in done if r.get("fold") == k and r.get(metric) is not None])}
+        judged = list(per_fold.values()) if folds else values
+        mean = round(statistics.fmean(judged), 2) if judged else None
         ref = reference if reference is not None else {}
         reported = (ref.get("mean") or {}).get(metric)
         tolerance = (ref.get("tolerance") or {}).get(metric)
@@ -106,8 +112,9 @@ def compare(reference: DictConfig | None, runs: list[dict[str, Any]]) -> dict[st
             ([mean >= minimum] if minimum is not None and mean is not None else [])
         rows[metric] = {
             "reported": reported, "reproduced": mean, "per_seed": [round(v, 2) for v in values],
-            "spread": round(max(values) - min(values), 2) if values else None, "diff": diff,
+            "spread": round(max(judged) - min(judged), 2) if judged else None, "diff": diff,
             "tolerance": tolerance, "minimum": minimum, "within": all(verdicts) if verdicts else None,
+            **({"per_fold": per_fold} if folds else {}),
         }
     return rows
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from segframe.atomic import write_text_atomic
-from segframe.data.manifest import sha256_file
+from segframe.data.manifest import sha256_file, split_info
+from segframe.errors import ManifestError
 from segframe.host import cpu_name
 from segframe.metric_names import SUMMARY_HEADERS, image_summary_keys, percent, summary_keys
 
@@ -148,8 +149,11 @@ def write_model_card(run_dir: Path, config: dict[str, Any], metrics: dict[str, A
                      manifest: dict[str, Any] | None = None, train_split: str | None = None,
                      device_type: str = "cpu", device_count: int = 1) -> Path:
     """Write `run_dir`/MODEL_CARD.md (atomically) for a finished training run; returns its path."""
-    splits: dict[str, Any] = (manifest or {}).get("splits") or {}
-    trained_on = (train_split, splits[train_split]["num_samples"]) if train_split in splits else None
+    try:  # a cross-validation fold trains on a union of splits (a+b): split_info sums them
+        trained_on = (train_split, split_info(manifest, train_split, "")["num_samples"]) \
+            if manifest and train_split else None
+    except ManifestError:
+        trained_on = None
     ckpt = metrics.get("checkpoint")
     sha = sha256_file(ckpt) if ckpt and Path(ckpt).is_file() else None
     table = (run_dir / "per_class.md").read_text() if (run_dir / "per_class.md").is_file() else ""

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from segframe.folds import fold_split
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
 EXPERIMENTS_DIR = REPO_ROOT / "experiments"
@@ -42,6 +44,9 @@ def register_resolvers() -> None:
     # `hydra.searchpath: [file://${user_conf:}]`: read when Hydra composes, before command-line overrides
     if not OmegaConf.has_resolver("user_conf"):
         OmegaConf.register_new_resolver("user_conf", lambda: str(user_conf_dir()))
+    # `train_split: ${fold_split:train,${data.fold},${data.num_folds},NAME}`: data.fold=K picks a fold's splits
+    if not OmegaConf.has_resolver("fold_split"):
+        OmegaConf.register_new_resolver("fold_split", fold_split)
     # `--help` (conf/hydra/help/segframe.yaml): the user's own datasets beside the shipped ones
     if not OmegaConf.has_resolver("user_datasets"):
         OmegaConf.register_new_resolver("user_datasets", user_datasets)

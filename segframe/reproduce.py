@@ -1,7 +1,8 @@
-"""`python -m segframe.reproduce experiment=NAME [seeds=0,1] [out=DIR] [train overrides...]`
+"""`python -m segframe.reproduce experiment=NAME [seeds=0,1] [folds=0,1,2,3] [out=DIR] [train overrides...]`
 
 Trains the experiment once per seed (each run is `python -m segframe.train experiment=NAME
-seed=K`, in its own process), first training the earlier stages of a staged chain
+seed=K`, in its own process), with `folds=` once per fold and seed (cross-validation: `data.fold=K`;
+judged on the mean of the fold means), first training the earlier stages of a staged chain
 (`parent_experiment`) whose checkpoints are missing; then prints reported vs reproduced per
 metric, writes `experiments/results/NAME.json`, and exits 1 when a metric with a tolerance
 misses it (or a run fails). With $SEGFRAME_EXPERIMENTS set, experiments and results are there.
@@ -12,12 +13,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from segframe.errors import ConfigError, SegframeError
+from segframe.errors import SegframeError
 from segframe.experiment_tables import comparison_text
 from segframe.experiments import compare, load_experiment, not_recorded, result_path, second_references, write_result
-from segframe.reproduction import record, seeds_to_run, train_run
+from segframe.reproduction import folds_to_run, record, seeds_to_run, train_run
 
-OPTIONS = ("experiment", "seeds", "out")  # reproduce's own; every other argument goes to train
+OPTIONS = ("experiment", "seeds", "folds", "out")  # reproduce's own; every other argument goes to train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,10 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         experiment = load_experiment(name)
         reference = experiment.get("reference")
-        seeds = seeds_to_run(options.get("seeds"), reference)
-        if any(o.startswith("hydra.run.dir=") for o in overrides):
-            raise ConfigError("reproduce places each run under out=DIR/NAME/seedK; use out=DIR, not hydra.run.dir")
-        runs = [train_run(name, seed, Path(options.get("out", "outputs/reproduce")), overrides) for seed in seeds]
+        seeds, folds = seeds_to_run(options.get("seeds"), reference), folds_to_run(options.get("folds"), overrides)
+        runs = [train_run(name, seed, Path(options.get("out", "outputs/reproduce")), overrides, fold=fold)
+                for fold in folds for seed in seeds]
     except SegframeError as exc:  # a bad argument, a parent_experiment cycle, a missing experiment file
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if reason:  # not the experiment (another recipe, other weights): keep its numbers out of the results table
         print(f"\nnot recording {result_path(name)}: {reason}")
     elif not failed:
-        written = write_result(name, record(name, seeds, overrides, rows, runs, reference))
+        written = write_result(name, record(name, seeds, overrides, rows, runs, reference, folds))
         print(f"\nwrote {written}; `python -m segframe.results` updates the README table")
     if failed:
         print(f"{len(failed)} run(s) failed: {[r['run_dir'] for r in failed]}", file=sys.stderr)

@@ -39,11 +39,14 @@ def _finished(run_dir: Path, name: str, seed: int, overrides: list[str]) -> Path
 
 
 def train_run(name: str, seed: int, out: Path, overrides: list[str], log: Any = print,
-              chain: tuple[str, ...] = ()) -> dict[str, Any]:
+              chain: tuple[str, ...] = (), fold: int | None = None) -> dict[str, Any]:
     """One seed of one experiment (its parent stages first, unless a finished run of the same
-    parent, seed and overrides is there). Returns {seed, metrics..., wall_s, run_dir, ok}."""
+    parent, seed and overrides is there); with `fold`, on that cross-validation fold (data.fold=K,
+    under out/foldK/NAME/seedS, its parent stages too). Returns {seed, fold, metrics..., wall_s, run_dir, ok}."""
     if name in chain:
         raise ConfigError(f"parent_experiment forms a cycle: {' -> '.join(chain + (name,))}")
+    if fold is not None:
+        return {**train_run(name, seed, out / f"fold{fold}", [*overrides, f"data.fold={fold}"], log, chain), "fold": fold}
     run_dir = out / name / f"seed{seed}"
     extra = []
     parent = load_experiment(name).get("parent_experiment")
@@ -87,6 +90,22 @@ def train_run(name: str, seed: int, out: Path, overrides: list[str], log: Any = 
             **{k: metrics.get(k) for k in (*SIZE_KEYS, *EVALUATED_KEYS, "speed_knobs") if k in metrics}}
 
 
+def folds_to_run(text: str | None, overrides: list[str]) -> list[int | None]:
+    """The folds of `folds=0,1,2,3` (cross-validation: each fold trained with every seed), else [None].
+    Refuses the train overrides that reproduce sets itself per run (hydra.run.dir, data.fold)."""
+    if any(o.startswith("hydra.run.dir=") for o in overrides):  # checked here: before the first run
+        raise ConfigError("reproduce places each run under out=DIR/NAME/seedK; use out=DIR, not hydra.run.dir")
+    if any(o.startswith("data.fold=") for o in overrides):
+        raise ConfigError("reproduce trains each fold of folds=0,1,...; use folds=K, not data.fold=K")
+    if text is None:
+        return [None]
+    try:
+        folds = [int(f) for f in text.strip("[]").split(",")]
+    except ValueError:
+        raise ConfigError(f"folds must be integers, e.g. folds=0,1,2,3; got {text!r}") from None
+    return list(dict.fromkeys(folds))
+
+
 def seeds_to_run(text: str | None, reference: DictConfig | None) -> list[int]:
     """The seeds of `seeds=0,1` (`text`), else the reference's, else [0]; each once, since a repeated
     seed would count twice in the mean. ValueError naming the value when one is not an integer."""
@@ -99,10 +118,11 @@ def seeds_to_run(text: str | None, reference: DictConfig | None) -> list[int]:
 
 
 def record(name: str, seeds: list[int], overrides: list[str], rows: dict[str, Any], runs: list[dict[str, Any]],
-           reference: DictConfig | None) -> dict[str, Any]:
+           reference: DictConfig | None, folds: list[int | None] = (None,)) -> dict[str, Any]:
     """What the result file holds: the comparison (compare()'s rows), every run, and where and when."""
     return {
         "experiment": name, "seeds": seeds, "overrides": overrides, "metrics": rows, "runs": runs,
+        **({"folds": list(folds)} if folds != [None] and folds != (None,) else {}),
         "reference_source": reference.get("source") if reference is not None else None,
         "wall_s": [r.get("wall_s") for r in runs],
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), **_torch_info()},

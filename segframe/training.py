@@ -100,7 +100,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     # `fit`: the whole run's, over its processes (RunClock): a resumed process adds its own to what its
     # checkpoint carried, and steps that a killed process lost and the next one trained again count once
     info = {"dataset": dm.manifest["name"], "split": split, "checkpoint": str(best),
-            "num_samples": dm.manifest["splits"][split]["num_samples"], "inference": module.inference,
+            "num_samples": split_info(dm.manifest, split, dm.shard_dir)["num_samples"], "inference": module.inference,
             **fit, "epochs": trainer.current_epoch, "steps": trainer.global_step,
             "resumed_from": str(resume.path) if resume else None,
             "train_images_per_s": round(fit["train_images"] / max(fit["fit_seconds"], 1e-9), 2),

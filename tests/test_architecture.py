@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "segframe"
 
 # lowest first; a module may import its own layer or a lower one. The first matching prefix wins.
 LAYERS = [
-    ("foundation", ("errors", "paths", "atomic", "config", "commands", "metric_names", "host", "unknown_keys")),
+    ("foundation", ("errors", "paths", "atomic", "config", "commands", "metric_names", "host", "unknown_keys", "folds")),
     ("data", ("data",)),
     ("components", ("models", "losses", "metrics", "inference", "crf", "schedules", "module", "speed")),
     ("run pieces", ("report", "model_card", "checkpoint", "checkpointing", "resume", "components", "experiments",

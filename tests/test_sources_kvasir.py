@@ -47,7 +47,8 @@ def test_kvasir_jpeg_masks_thresholded(tmp_path):
     total = manifest["splits"]["train"]["class_pixels"]
     total = np.add(total, manifest["splits"]["val"]["class_pixels"])
     assert total.tolist() == pixels.tolist()
-    assert manifest["source"]["options"] == {"root": str(root), "num_val": 2, "seed": 0, "split_dir": None}
+    assert manifest["source"]["options"] == {"root": str(root), "num_val": 2, "seed": 0, "split_dir": None,
+                                              "num_folds": None}
 
 
 def test_kvasir_threshold_is_128(tmp_path):

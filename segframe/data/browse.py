@@ -60,7 +60,7 @@ def browse(shard_dir: str | os.PathLike, split: str | None, count: int, out_path
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)
     chart = out.with_name(f"{out.stem}-class-pixels.png")
-    class_pixels_plot(classes, manifest["splits"][split]["class_pixels"], f"{manifest['name']} {split}", chart)
+    class_pixels_plot(classes, split_info(manifest, split, shard_dir)["class_pixels"], f"{manifest['name']} {split}", chart)
     return [out, chart]
 
 

@@ -132,12 +132,25 @@ def read_manifest(shard_dir: str | os.PathLike, convert_hint: str = "") -> dict[
 
 
 def split_info(manifest: dict[str, Any], split: str, shard_dir: str | os.PathLike) -> dict[str, Any]:
-    if split not in manifest["splits"]:
+    """One split's manifest entry. `a+b` is the union of splits a and b (a cross-validation fold's
+    training data: data.fold): their shards in that order, their sample and pixel counts summed."""
+    names = str(split).split("+")
+    missing = [n for n in names if n not in manifest["splits"]]
+    if missing:
+        folds = "fold0" in manifest["splits"]  # converted with data.num_folds
+        hint = ("; it was converted into folds for cross-validation: pass data.fold=K" if folds and
+                not any(n.startswith("fold") for n in missing) else
+                "; convert it into folds first (data.num_folds=N)" if any(n.startswith("fold") for n in missing) else "")
         raise ManifestError(
-            f"{locate(shard_dir, MANIFEST)}: dataset {manifest.get('name')!r} has no split {split!r} "
-            f"(it has {sorted(manifest['splits'])})"
+            f"{locate(shard_dir, MANIFEST)}: dataset {manifest.get('name')!r} has no split "
+            f"{' or '.join(repr(n) for n in missing)} (it has {sorted(manifest['splits'])}){hint}"
         )
-    return manifest["splits"][split]
+    if len(names) == 1:
+        return manifest["splits"][split]
+    parts = [manifest["splits"][n] for n in names]
+    return {"num_samples": sum(p["num_samples"] for p in parts), "shards": [s for p in parts for s in p["shards"]],
+            "class_pixels": [sum(c) for c in zip(*(p["class_pixels"] for p in parts))],
+            "ignore_pixels": sum(p["ignore_pixels"] for p in parts)}
 
 
 def shard_urls(manifest: dict[str, Any], split: str, shard_dir: str | os.PathLike,

@@ -16,7 +16,7 @@ from PIL import Image
 
 from segframe.data.sample import RawSample, SampleError
 from segframe.data.sources.files import Item, fingerprint, load_pair, pairs_by_stem, read_file, read_ids, require
-from segframe.data.sources.splits import seeded_split, split_by_lists
+from segframe.data.sources.splits import seeded_folds, seeded_split, split_by_lists
 
 CLASSES = ("background", "polyp")
 PALETTE = [[0, 0, 0], [255, 0, 0]]
@@ -41,10 +41,13 @@ def read_jpeg_mask(path: str | Path) -> np.ndarray:
 
 class KvasirSegSource:
     """`num_val` images drawn with `seed` form val, the rest train; or `split_dir` holding
-    `train.txt` and `val.txt` (one image stem per line) decides."""
+    `train.txt` and `val.txt` (one image stem per line) decides; or, with `num_folds`, the images
+    are dealt into seeded folds fold0..fold{n-1} for cross-validation (data.fold=K)."""
 
-    def __init__(self, root: str, num_val: int = 120, seed: int = 0, split_dir: str | None = None):
+    def __init__(self, root: str, num_val: int = 120, seed: int = 0, split_dir: str | None = None,
+                 num_folds: int | None = None):
         self.root, self.num_val, self.seed = Path(root), int(num_val), int(seed)
+        self.num_folds = int(num_folds) if num_folds else None
         self.split_dir = Path(split_dir) if split_dir else None
         self._items: dict[str, list[Item]] | None = None
         self.unpaired_masks: list[str] = []
@@ -62,6 +65,8 @@ class KvasirSegSource:
                         "  <data.split_dir>\n    train.txt val.txt    (one image file stem per line)", "data.split_dir")
                 lists = {p.stem: read_ids(p) for p in self.lists()}
                 self._items = split_by_lists(items, lists, f"kvasir_seg split_dir {self.split_dir}")
+            elif self.num_folds:  # cross-validation: data.fold=K validates on fold K
+                self._items = seeded_folds(items, self.num_folds, self.seed, "kvasir_seg")
             else:
                 self._items = seeded_split(items, self.num_val, self.seed, "kvasir_seg")
         return self._items
@@ -71,7 +76,7 @@ class KvasirSegSource:
 
     def options(self) -> dict[str, Any]:
         return {"root": str(self.root), "num_val": self.num_val, "seed": self.seed,
-                "split_dir": str(self.split_dir) if self.split_dir else None}
+                "split_dir": str(self.split_dir) if self.split_dir else None, "num_folds": self.num_folds}
 
     def fingerprint(self) -> dict[str, Any]:
         return {**fingerprint(self.root, self.splits(), self.lists()), "unpaired_masks": self.unpaired_masks}

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from segframe.data.sample import RawSample
+from segframe.data.sources.splits import seeded_folds
 from segframe.errors import ConfigError
 
 CLASSES = ("background", "circle", "square", "triangle", "star", "cross")
@@ -57,22 +58,27 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 
 class ShapesSource:
-    """Generates `num_train` / `num_val` images of `size`x`size` pixels from `seed`."""
+    """Generates `num_train` / `num_val` images of `size`x`size` pixels from `seed`; with `num_folds`,
+    the same images dealt into seeded folds fold0..fold{n-1} instead of train / val."""
 
     def __init__(
         self, num_train: int = 600, num_val: int = 100, size: int = 96,
-        min_shapes: int = 2, max_shapes: int = 5, seed: int = 0,
+        min_shapes: int = 2, max_shapes: int = 5, seed: int = 0, num_folds: int | None = None,
     ):
         if num_train < 1 or num_val < 1:
             raise ConfigError("shapes: num_train and num_val must be >= 1")
         self.num_train, self.num_val, self.size = num_train, num_val, size
         self.min_shapes, self.max_shapes, self.seed = min_shapes, max_shapes, seed
+        self.num_folds = int(num_folds) if num_folds else None
 
     def splits(self) -> dict[str, list[Any]]:
-        return {
+        items = {
             "train": [("train", i) for i in range(self.num_train)],
             "val": [("val", i) for i in range(self.num_val)],
         }
+        if self.num_folds:
+            return seeded_folds(items["train"] + items["val"], self.num_folds, self.seed, "shapes")
+        return items
 
     def load(self, item: tuple[str, int]) -> RawSample:
         split, index = item
@@ -101,6 +107,7 @@ class ShapesSource:
         return {
             "num_train": self.num_train, "num_val": self.num_val, "size": self.size,
             "min_shapes": self.min_shapes, "max_shapes": self.max_shapes, "seed": self.seed,
+            "num_folds": self.num_folds,
         }
 
     def fingerprint(self) -> dict[str, Any]:

@@ -25,6 +25,17 @@ def seeded_split(items: Sequence[Item], num_val: int, seed: int, name: str) -> d
             "val": [it for i, it in enumerate(ordered) if i in picked]}
 
 
+def seeded_folds(items: Sequence[Item], num_folds: int, seed: int, name: str) -> dict[str, list[Item]]:
+    """The items dealt into `num_folds` splits fold0..fold{n-1} of near-equal size, in a seeded order
+    (independent of file-system order): cross-validation from one conversion (`data.fold=K`)."""
+    if not 2 <= num_folds <= len(items):
+        raise ConfigError(f"{name}: cannot deal {len(items)} images into {num_folds} folds; "
+                          f"set data.num_folds between 2 and {len(items)}")
+    ordered = sorted(items)
+    order = np.random.default_rng(seed).permutation(len(ordered)).tolist()
+    return {f"fold{k}": [ordered[i] for i in sorted(order[k::num_folds])] for k in range(num_folds)}
+
+
 def split_by_lists(items: Sequence[Item], lists: Mapping[str, Sequence[str]], where: str) -> dict[str, list[Item]]:
     """Each split holds the items whose id its list names; an id with no image is an error."""
     by_id = {it[0]: it for it in items}
