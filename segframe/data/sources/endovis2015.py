@@ -102,7 +102,10 @@ class _Videos:
 
 
 def open_video(path: str) -> Any:
-    cap = cv2.VideoCapture(path)
+    """A capture that decodes in the calling thread: conversion workers are processes, and FFmpeg's
+    decoding threads left running in a process that then forks (to convert with workers) were seen
+    to hang the forked workers' first decode."""
+    cap = cv2.VideoCapture(path, cv2.CAP_ANY, [cv2.CAP_PROP_N_THREADS, 1])
     if not cap.isOpened():
         raise SampleError(f"{path}: OpenCV cannot open this video (damaged, or a codec its FFmpeg lacks)")
     return cap
