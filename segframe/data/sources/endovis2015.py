@@ -34,7 +34,7 @@ DATASETS = (1, 2, 3, 4)
 TWO_LABELS = ("Left_Instrument_Segmentation.avi", "Right_Instrument_Segmentation.avi")  # Dataset1 only
 
 URL = ("https://endovissub-instrument.grand-challenge.org/ (the Robotic Instruments segmentation training data, "
-       "Segmentation_Robotic_Training; free registration with the challenge is needed to download it)")
+       "Segmentation_Robotic_Training; downloading it needs a registration with the challenge)")
 LAYOUT = """\
   <data.root>  = .../Segmentation_Robotic_Training
     Training/Dataset1/Video.avi  Left_Instrument_Segmentation.avi  Right_Instrument_Segmentation.avi
