@@ -82,8 +82,16 @@ def _per_image_states(per_image: torch.Tensor) -> dict[str, torch.Tensor]:
     """PerImageScores' states from per-image matrices, straight from its docstring's definitions."""
     cm = per_image.double()
     tp, total = cm.diagonal(dim1=1, dim2=2), cm.sum(2) + cm.sum(1)
+    ternaus = {"ternaus_jaccard_sum": torch.zeros((), dtype=torch.float64),
+               "ternaus_dice_sum": torch.zeros((), dtype=torch.float64)}
+    for m in cm:  # TernausNet's per image: the foreground classes in its ground truth, else 1 or 0
+        in_gt = [c for c in range(1, len(m)) if m[c].sum() > 0]
+        empty = float(m[:, 1:].sum() == 0)
+        g, p, t = m.sum(1), m.sum(0), m.diagonal()
+        ternaus["ternaus_jaccard_sum"] += sum(t[c] / (g[c] + p[c] - t[c]) for c in in_gt) / len(in_gt) if in_gt else empty
+        ternaus["ternaus_dice_sum"] += sum(2 * t[c] / (g[c] + p[c]) for c in in_gt) / len(in_gt) if in_gt else empty
     return {"dice_sum": (2 * tp / total.clamp_min(1)).sum(0), "iou_sum": (tp / (total - tp).clamp_min(1)).sum(0),
-            "images": (total > 0).sum(0)}
+            "images": (total > 0).sum(0), **ternaus, "num_images": torch.tensor(len(cm))}
 
 
 def _batch(batch: int, n: int, seed: int, present: int | None = None, void: float = 0.2) -> tuple:
@@ -117,7 +125,10 @@ def test_counts_equal_the_gathered_formula(batch, n, present, void):
             states[key] = states.get(key, 0) + value
     assert confmat.compute().dtype == torch.int64 and torch.equal(confmat.compute(), whole)
     for key, value in image_scores.compute().items():
-        assert torch.equal(value, states[key]), key  # the same integers, so the same float sums
+        if key.startswith("ternaus"):  # written out per image: the same values, summed in another order
+            assert torch.allclose(value, states[key], rtol=1e-12, atol=0), key
+        else:
+            assert torch.equal(value, states[key]), key  # the same integers, so the same float sums
 
 
 def test_logits_and_one_image_and_int_dtypes_count_alike():
