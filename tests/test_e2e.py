@@ -70,6 +70,7 @@ def test_eval_from_checkpoint_alone_reproduces_train_metrics(trained):
     assert (out / "predictions.png").is_file() and (out / "per_class.csv").is_file()
 
 
+@pytest.mark.slow  # a CLI end-to-end run (>15 s): CI runs it with the slow set
 def test_eval_with_test_time_options(trained):
     """Multi-scale + flip, and sliding windows, through the CLI: every pixel still counted once."""
     root, run = trained
@@ -186,6 +187,7 @@ def test_eval_of_a_corrupt_checkpoint_says_so(tmp_path):
     assert res.returncode == 1 and "cannot be loaded as a segframe checkpoint" in res.stderr
 
 
+@pytest.mark.slow  # a CLI end-to-end run (>15 s): CI runs it with the slow set
 def test_predict_a_folder_with_a_corrupt_file(trained, tmp_path):
     from PIL import Image
 

@@ -35,6 +35,7 @@ def test_plus_is_advised_only_for_an_argument_the_config_leaves_unset():
     assert "+" not in advice(cfg, "trainer.max_epoch", "2")
 
 
+@pytest.mark.slow  # a CLI end-to-end run (>15 s): CI runs it with the slow set
 def test_a_damaged_pretrained_file_is_named(tmp_path):
     import torch
 

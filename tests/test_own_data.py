@@ -114,6 +114,7 @@ def test_the_readme_says_before_the_commands_how_to_train_offline():
     assert "model.pretrained=false" in before
 
 
+@pytest.mark.slow  # a CLI end-to-end run (>15 s): CI runs it with the slow set
 def test_binary_masks_the_advised_commands_work_as_pasted(tmp_path):
     """0/255 masks converted as the README's first line says: the converter warns and prints a command,
     training refuses and prints one; both run as printed; then data=cells serves every command."""

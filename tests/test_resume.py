@@ -89,6 +89,7 @@ def reference(tmp_path_factory) -> tuple[Path, Path, list[dict]]:
     return data, run, seen
 
 
+@pytest.mark.slow  # a CLI end-to-end run (>15 s): CI runs it with the slow set
 def test_sigkill_inside_an_epoch_then_resume_equals_the_uninterrupted_run(reference, tmp_path):
     data, uninterrupted, expected = reference
     run, first, second = tmp_path / "run", tmp_path / "first.jsonl", tmp_path / "second.jsonl"
@@ -122,6 +123,7 @@ def test_sigkill_inside_an_epoch_then_resume_equals_the_uninterrupted_run(refere
     assert sorted(e.step for e in events.Scalars("train/loss_step")) == list(range(STEPS_PER_EPOCH * EPOCHS))
 
 
+@pytest.mark.slow  # a CLI end-to-end run (>15 s): CI runs it with the slow set
 def test_mid_epoch_resume_sees_every_sample_of_the_interrupted_epoch_once(reference, tmp_path):
     data, uninterrupted, expected = reference
     run, first, second = tmp_path / "run", tmp_path / "first.jsonl", tmp_path / "second.jsonl"

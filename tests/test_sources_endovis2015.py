@@ -217,6 +217,7 @@ def test_conf_matches_module(tmp_path):
     assert composed.data.shard_dir == str(tmp_path / "d" / "endovis2015")
 
 
+@pytest.mark.slow  # a CLI end-to-end run (>15 s): CI runs it with the slow set
 def test_cli_convert_then_train(raw, tmp_path):
     root, _ = raw
     data = [f"data.root={root}", f"paths.data_dir={tmp_path / 'data'}"]

@@ -12,6 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from helpers.cli import REPO, run_cli
@@ -25,6 +26,7 @@ def _sweep(tiny_shapes: Path, sweep_dir: Path, *args: str):
     return run_cli("train", "-m", *TINY, f"data.shard_dir={tiny_shapes}", f"hydra.sweep.dir={sweep_dir}", *args)
 
 
+@pytest.mark.slow  # a CLI end-to-end run (>15 s): CI runs it with the slow set
 def test_a_sweep_whose_runs_fail_exits_non_zero_and_says_why(tiny_shapes, tmp_path):
     sweep = tmp_path / "sweep"
     res = _sweep(tiny_shapes, sweep, "optimizer.lr=-1,0.01,-2")

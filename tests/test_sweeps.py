@@ -36,6 +36,7 @@ def _compose(overrides: list[str]):
 # --------------------------------------------------------------------------- launchers and searches
 
 
+@pytest.mark.slow  # a CLI end-to-end run (>15 s): CI runs it with the slow set
 def test_optuna_search_on_joblib_writes_one_summary(tiny_shapes, tmp_path):
     """The shipped Optuna search (2 trials over lr and weight decay) with both trials in joblib's worker
     processes: Optuna maximises the mIoU train returns, and the sweeping process writes one summary."""
@@ -144,6 +145,7 @@ def test_hparams_search_composes_an_optuna_sweeper():
 # --------------------------------------------------------------------------- sweeps and several processes
 
 
+@pytest.mark.slow  # a CLI end-to-end run (>15 s): CI runs it with the slow set
 def test_sweep_with_lightning_ddp_is_refused_before_training(tiny_shapes, tmp_path):
     sweep = tmp_path / "refused"
     res = _sweep(tiny_shapes, sweep, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
