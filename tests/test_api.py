@@ -12,33 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers.checkpoints import CLASSES, PALETTE, small_fcn_checkpoint
 from segframe import load_model
 from segframe.errors import ConfigError, InputError, MissingFileError, SegframeError
 
-CLASSES = ["background", "circle", "square"]
-PALETTE = [[0, 0, 0], [230, 25, 75], [60, 180, 75]]
 H, W = 37, 53  # odd sizes: not a multiple of the model's stride
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     """A checkpoint as training writes it, of a small FCN with random (non-zero) weights."""
-    from hydra.utils import instantiate
-
-    from segframe.module import SegModule
-
-    torch.manual_seed(0)
-    config = {"_target_": "segframe.models.fcn.FCN", "num_classes": 3, "stride": 8, "backbone": "resnet18",
-              "pretrained": False, "init_from": None}
-    module = SegModule(model=instantiate(config), optimizer=None, scheduler=None, classes=CLASSES, palette=PALETTE,
-                       model_config=config)
-    with torch.no_grad():
-        for p in module.model.parameters():
-            if p.dim() > 1 and not p.abs().sum():  # zero-initialised score layers: make the classes differ
-                p.normal_(0, 0.05)
-    path = tmp_path_factory.mktemp("api") / "best.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
-    return path
+    return small_fcn_checkpoint(tmp_path_factory.mktemp("api") / "best.ckpt")
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.checkpoints import small_fcn_checkpoint
 from helpers.cli import ok, run_cli
 from PIL import Image
 
@@ -21,29 +22,8 @@ from segframe.errors import CheckpointError, ConfigError, ExportError, InputErro
 
 pytest.importorskip("onnxruntime")
 
-CLASSES = ["background", "circle", "square"]
-PALETTE = [[0, 0, 0], [230, 25, 75], [60, 180, 75]]
 OPTS = {"outputs": "logits", "input": "float", "opset": None, "exporter": "torchscript", "tolerance": 1e-4,
         "min_agreement": 0.9999}
-
-
-def _checkpoint(path: Path, seed: int) -> Path:
-    """A checkpoint as training writes it, of a small FCN with random (non-zero) score layers."""
-    from hydra.utils import instantiate
-
-    from segframe.module import SegModule
-
-    torch.manual_seed(seed)
-    config = {"_target_": "segframe.models.fcn.FCN", "num_classes": 3, "stride": 8, "backbone": "resnet18",
-              "pretrained": False, "init_from": None}
-    module = SegModule(model=instantiate(config), optimizer=None, scheduler=None, classes=CLASSES, palette=PALETTE,
-                       model_config=config)
-    with torch.no_grad():
-        for p in module.model.parameters():
-            if p.dim() > 1 and not p.abs().sum():
-                p.normal_(0, 0.05)
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +34,7 @@ def made(tmp_path_factory):
     folder = tmp_path_factory.mktemp("deploy")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    ckpt_a, ckpt_b = _checkpoint(folder / "a.ckpt", 0), _checkpoint(folder / "b.ckpt", 1)
+    ckpt_a, ckpt_b = small_fcn_checkpoint(folder / "a.ckpt", 0), small_fcn_checkpoint(folder / "b.ckpt", 1)
     graphs = {"logits": (ckpt_a, {}), "labels": (ckpt_a, {"outputs": "labels"}),
               "uint8": (ckpt_a, {"input": "uint8"}), "other": (ckpt_b, {})}
     out = {"ckpt": ckpt_a, "folder": folder}
