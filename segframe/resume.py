@@ -85,7 +85,9 @@ def find_resume(resume: str | None, run_dir: Path, config: dict[str, Any]) -> Re
     # checkpoints before `run_config` existed kept the run's config among the module's hyper-parameters
     before = ckpt.get("run_config") or (ckpt.get("hyper_parameters") or {}).get("config") or {}
     reported = _reported(owner)
-    if fit_done(ckpt, before, config) and reported is not None:
+    # the report must be of this checkpoint's fit: a run extended (trainer.max_epochs raised) and killed in its
+    # final evaluation has the shorter fit's metrics.json beside a finished, longer fit
+    if fit_done(ckpt, before, config) and reported is not None and reported.get("steps") in (None, step):
         log.info("resume=%s: %s already finished (%d epochs and %d optimizer steps done); its results are in %s "
                  "and are left as they are, checkpoints included. To train it longer, run this again with a larger "
                  "trainer.max_epochs or trainer.max_steps; to evaluate it again: python -m segframe.eval ckpt=%s",

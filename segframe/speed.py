@@ -140,6 +140,10 @@ def _probe_lock(path: Path):
 
 PROBE_METHOD = "1 thread, thread CPU time"  # kept with each cache entry: one of another method is measured again
 REFRESH = "SEGFRAME_SPEED_PROBE"  # =refresh: measure again now, whatever the cache holds
+# processes started together (DDP ranks, torchrun's or Lightning's) take the first one's measurement, cached
+# or not, when it is this recent: the ranks of one run must not choose different precisions
+SHARED_S = 120
+UNCACHED = " | measured, not cached"  # the key suffix of the latest measurement that was not cached
 
 
 def _load() -> tuple[float, int] | None:
@@ -191,12 +195,23 @@ def cache_key(flags: set[str] | None) -> str:
     return f"{cpu_name()} | bf16 flags {sorted((flags or set()) & set(BF16_FLAGS))} | torch {torch.__version__}"
 
 
-def cached(flags: set[str] | None) -> dict[str, Any] | None:
-    """This machine's cache entry as it stands (None when there is none)."""
+def cached(flags: set[str] | None, suffix: str = "") -> dict[str, Any] | None:
+    """This machine's cache entry as it stands (None when there is none); with `suffix` UNCACHED, its
+    latest measurement that was not cached."""
     try:
-        return json.loads(cache_file().read_text()).get(cache_key(flags))
+        return json.loads(cache_file().read_text()).get(cache_key(flags) + suffix)
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def _just_measured(flags: set[str] | None) -> dict[str, Any] | None:
+    """A measurement of this machine from the last SHARED_S seconds, cached or not: another process
+    started with this one (a DDP rank) took it."""
+    for entry in (cached(flags), cached(flags, UNCACHED)):
+        if entry and entry.get("method") == PROBE_METHOD and entry.get("measured_at") and \
+                time.time() - datetime.fromisoformat(entry["measured_at"]).timestamp() < SHARED_S:
+            return entry
+    return None
 
 
 def measure(flags: set[str] | None) -> tuple[dict[str, Any], str]:
@@ -209,8 +224,6 @@ def measure(flags: set[str] | None) -> tuple[dict[str, Any], str]:
     if before is not None and after is not None:
         entry["load"], entry["cpus"] = max(before[0], after[0]), before[1]
     why_not = _not_cacheable(entry)
-    if why_not:
-        return entry, f"measured now, not cached: {why_not}"
     path = cache_file()
     try:
         cache = json.loads(path.read_text())
@@ -218,14 +231,15 @@ def measure(flags: set[str] | None) -> tuple[dict[str, Any], str]:
         cache = {}
     # entries of another probe method go: their keys (with a thread count) would never be read again
     cache = {k: v for k, v in cache.items() if isinstance(v, dict) and v.get("method") == PROBE_METHOD}
-    cache[cache_key(flags)] = entry
+    # not cached, it is still kept apart for SHARED_S seconds: the other ranks of this run take it
+    cache[cache_key(flags) + (UNCACHED if why_not else "")] = entry
     try:  # a read-only home only costs the next run another probe
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(cache, indent=1))
         tmp.replace(path)
     except OSError as exc:
         log.warning("speed probe: could not cache the result in %s (%s)", path, exc)
-    return entry, f"measured now and cached in {path}"
+    return entry, f"measured now, not cached: {why_not}" if why_not else f"measured now and cached in {path}"
 
 
 def _probed_cpu_choice(flags: set[str] | None) -> Choice:
@@ -234,9 +248,14 @@ def _probed_cpu_choice(flags: set[str] | None) -> Choice:
     with _probe_lock(path):
         entry = cached(flags)
         why = unusable(entry)
+        shared = _just_measured(flags) if why is not None else None
         if entry is not None and why is None:
             ms = entry
             where = f"cached {_age(ms['measured_at'])}, at load {ms.get('load', '?')} on {ms.get('cpus', '?')} CPUs"
+        elif shared is not None:
+            ms = shared
+            where = (f"measured {_age(ms['measured_at'])} by a process started with this one (the ranks of a run "
+                     f"choose alike), at load {ms.get('load', '?')} on {ms.get('cpus', '?')} CPUs")
         else:
             ms, where = measure(flags)
             where += f"; the cache was not used: {why}" if entry is not None else ""

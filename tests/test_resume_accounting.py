@@ -175,3 +175,25 @@ def test_resume_auto_on_the_finished_quickstart_changes_nothing(killed_and_resum
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"{run} already finished" in res.stdout + res.stderr and str(run / "metrics.json") in res.stdout + res.stderr
     assert results(run) == reported
+
+
+def test_a_report_of_a_shorter_fit_is_not_taken_for_a_finished_run(tmp_path):
+    """A run extended (trainer.max_epochs raised) and killed during its final evaluation: last.ckpt has
+    the longer fit done, metrics.json and the card are the shorter fit's. That is not "already finished":
+    the longer fit must still be evaluated and reported."""
+    import json
+
+    import torch
+
+    from segframe.resume import find_resume
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    torch.save({"loops": {"fit_loop": {"epoch_progress": {"current": {"processed": 2}}}}, "global_step": 12},
+               ckpts / "last.ckpt")
+    config = {"trainer": {"max_epochs": 2, "max_steps": -1}}
+    for steps, finished in ((6, False), (12, True)):
+        (tmp_path / "run" / "metrics.json").write_text(json.dumps({"steps": steps, "miou": 0.5}))
+        (tmp_path / "run" / "MODEL_CARD.md").write_text("card")
+        point = find_resume(str(ckpts / "last.ckpt"), tmp_path / "run", config)
+        assert point.finished is finished, steps

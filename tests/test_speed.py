@@ -78,9 +78,9 @@ def _cache(key: str, entry: dict) -> None:
     # what the issue found cached: the earlier wall-clock probe, taken beside two busy processes
     ({"fp32": 232.93, "bf16+channels_last": 227.16}, "cached by the earlier wall-clock probe"),
     ({"fp32": 776.0, "bf16+channels_last": 720.0, "method": speed.PROBE_METHOD, "load": 4.1, "cpus": 2,
-      "measured_at": "2026-12-06T08:00:00"}, "measured under load (4.1 on 2 CPUs)"),
+      "measured_at": "2026-11-01T08:00:00"}, "measured under load (4.1 on 2 CPUs)"),
     ({"fp32": 100.0, "bf16+channels_last": 92.0, "method": speed.PROBE_METHOD, "load": 0.2, "cpus": 2,
-      "measured_at": "2026-12-06T08:00:00"}, "a borderline ratio"),
+      "measured_at": "2026-11-01T08:00:00"}, "a borderline ratio"),
 ])
 def test_a_cache_entry_that_would_not_be_written_today_is_measured_again(monkeypatch, probes, entry, why):
     calls, _ = probes
@@ -95,20 +95,42 @@ def test_a_cache_entry_that_would_not_be_written_today_is_measured_again(monkeyp
     assert len(calls) == 1
 
 
-def test_a_measurement_under_load_or_borderline_is_used_once_and_not_cached(monkeypatch, probes):
+def test_a_measurement_under_load_or_borderline_is_not_cached(monkeypatch, probes):
     calls, figures = probes
-    monkeypatch.setattr(speed, "cpu_flags", lambda: {"amx_bf16"})
+    flags = {"amx_bf16"}
+    monkeypatch.setattr(speed, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(speed, "SHARED_S", 0)  # not shared with processes started with this one: see below
     monkeypatch.setattr(speed, "_load", lambda: (3.5, 2))
     assert "not cached: measured under load (3.5 on 2 CPUs)" in speed.capability("cpu").reason
     monkeypatch.setattr(speed, "_load", lambda: (0.5, 2))
     figures["bf16+channels_last"] = 95.0  # 1.05x
     assert "not cached: a borderline ratio" in speed.capability("cpu").reason
-    assert len(calls) == 2 and not speed.cache_file().exists()
+    assert len(calls) == 2 and speed.cache_key(flags) not in json.loads(speed.cache_file().read_text())
+
+
+def test_ranks_started_together_share_one_measurement_cached_or_not(monkeypatch, probes):
+    """DDP ranks start within seconds of each other: an uncached measurement (under load, borderline, or
+    SEGFRAME_SPEED_PROBE=refresh inherited by every rank) is taken once and shared, or the ranks of one
+    run could choose different precisions."""
+    calls, figures = probes
+    flags = {"avx512_bf16"}
+    monkeypatch.setattr(speed, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(speed, "_load", lambda: (3.5, 2))
+    first, second = speed.capability("cpu"), speed.capability("cpu")
+    assert len(calls) == 1 and "by a process started with this one" in second.reason
+    assert (first.precision, first.channels_last) == (second.precision, second.channels_last)
+    assert speed.cache_key(flags) not in json.loads(speed.cache_file().read_text())  # still not cached
+    monkeypatch.setenv(speed.REFRESH, "refresh")  # inherited by every rank: they share the measurement too
+    assert "by a process started with this one" in speed.capability("cpu").reason and len(calls) == 1
+    monkeypatch.setattr(speed, "SHARED_S", 0)  # a command started later measures for itself
+    speed.capability("cpu")
+    assert len(calls) == 2
 
 
 def test_refresh_measures_again_on_demand(monkeypatch, probes):
     calls, _ = probes
     monkeypatch.setattr(speed, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(speed, "SHARED_S", 0)  # a later command, not a rank started with the first
     speed.capability("cpu")
     monkeypatch.setenv(speed.REFRESH, "refresh")
     assert "the cache was not used: SEGFRAME_SPEED_PROBE=refresh" in speed.capability("cpu").reason
