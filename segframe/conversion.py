@@ -82,8 +82,10 @@ def _describe(data: DictConfig, updated: list[str]) -> None:
 
 def _browse(cfg: DictConfig, run_dir: Path) -> int:
     data = cfg.data
-    read_manifest(data.shard_dir, convert_command(data))
+    manifest = read_manifest(data.shard_dir, convert_command(data))
     split = cfg.browse_split or data.get("val_split")
+    if not cfg.browse_split and any(n not in manifest["splits"] for n in str(split).split("+")):
+        split = sorted(manifest["splits"])[0]  # converted into folds (data.num_folds) without data.fold: fold0
     out = Path(cfg.browse_file) if cfg.browse_file else run_dir / f"browse-{data.name}-{split}.png"
     for path in browse(data.shard_dir, split, int(cfg.browse_count), out):
         print(f"wrote {path}")

@@ -18,8 +18,9 @@ def fold_split(which: str, fold: int | None, folds: int | Sequence[Sequence[str]
     if fold is None:
         return which
     if folds is None:
-        raise ConfigError(f"data.fold={fold}: {dataset} is not converted into folds; add data.num_folds=N "
-                          f"(e.g. 5) and convert it so: python -m segframe.convert data={dataset} data.num_folds=5")
+        raise ConfigError(f"data.fold={fold} needs data.num_folds, the number of folds {dataset} was converted into "
+                          f"(e.g. data.num_folds=5 data.fold={fold}); to convert it into folds: "
+                          f"python -m segframe.convert data={dataset} data.num_folds=5")
     groups = [[f"fold{k}"] for k in range(int(folds))] if isinstance(folds, int) else [list(g) for g in folds]
     if not 0 <= int(fold) < len(groups):
         raise ConfigError(f"data.fold={fold}: {dataset} has {len(groups)} folds, numbered 0 to {len(groups) - 1}")

@@ -37,7 +37,7 @@ def test_the_fold_arithmetic():
     assert fold_split("val", 0, ternaus, "endovis2017") == "instrument_dataset_1+instrument_dataset_3"
     assert fold_split("train", 3, ternaus, "endovis2017") == "+".join(
         f"instrument_dataset_{i}" for i in (1, 3, 2, 5, 4, 8))
-    with pytest.raises(ConfigError, match="python -m segframe.convert data=kvasir_seg data.num_folds=5"):
+    with pytest.raises(ConfigError, match="needs data.num_folds.*python -m segframe.convert data=kvasir_seg data.num_folds=5"):
         fold_split("val", 1, None, "kvasir_seg")
     with pytest.raises(ConfigError, match="has 4 folds, numbered 0 to 3"):
         fold_split("val", 4, ternaus, "endovis2017")
@@ -50,7 +50,8 @@ def test_a_union_of_splits_sums_its_parts():
     union = split_info(manifest, "fold0+fold1", "/data/d")
     assert union == {"num_samples": 5, "shards": [{"name": "a"}, {"name": "b"}, {"name": "c"}],
                      "class_pixels": [7, 3], "ignore_pixels": 3}
-    with pytest.raises(ManifestError, match=r"no split .train. .*into folds for cross-validation: pass data\.fold=K"):
+    with pytest.raises(ManifestError, match=r"no split .train. .*into 2 folds for cross-validation: pass "
+                                            r"data\.num_folds=2 data\.fold=K \(K from 0 to 1\)"):
         split_info(manifest, "train", "/data/d")
 
 
@@ -92,5 +93,10 @@ reference: {recipe: tiny, data: tiny shapes, source: test, seeds: [0], mean: {mi
     assert miou["spread"] == pytest.approx(max(per_fold) - min(per_fold), abs=0.02)
     assert list(miou["per_fold"].values()) == pytest.approx(per_fold, abs=0.01)
     assert "per fold 0: " in res.stdout
+    # the converter's "look at it" command works on a conversion into folds (no val split): it shows fold0
+    browse = run_cli("convert", "data=shapes", f"paths.data_dir={tmp_path / 'data'}", "data.num_folds=2",
+                     "data.source.num_train=12", "data.source.num_val=4", "data.source.size=48", "browse=true",
+                     "browse_count=2", f"hydra.run.dir={tmp_path / 'browse'}", cwd=tmp_path)
+    assert browse.returncode == 0 and (tmp_path / "browse" / "browse-shapes-fold0.png").is_file(), browse.stderr[-2000:]
     refused = run_cli("reproduce", "experiment=tiny_cv", "folds=0", "data.fold=1", cwd=tmp_path, env=env)
     assert refused.returncode == 2 and "use folds=K, not data.fold=K" in refused.stderr

@@ -137,10 +137,12 @@ def split_info(manifest: dict[str, Any], split: str, shard_dir: str | os.PathLik
     names = str(split).split("+")
     missing = [n for n in names if n not in manifest["splits"]]
     if missing:
-        folds = "fold0" in manifest["splits"]  # converted with data.num_folds
-        hint = ("; it was converted into folds for cross-validation: pass data.fold=K" if folds and
-                not any(n.startswith("fold") for n in missing) else
-                "; convert it into folds first (data.num_folds=N)" if any(n.startswith("fold") for n in missing) else "")
+        folds = sum(1 for n in manifest["splits"] if n.startswith("fold"))  # converted with data.num_folds
+        wants_folds = any(n.startswith("fold") for n in missing)
+        hint = (f"; it was converted into {folds} folds for cross-validation: pass data.num_folds={folds} "
+                f"data.fold=K (K from 0 to {folds - 1})" if folds else
+                f"; convert it into folds first: python -m segframe.convert data={manifest.get('name')} "
+                f"data.num_folds=N" if wants_folds else "")
         raise ManifestError(
             f"{locate(shard_dir, MANIFEST)}: dataset {manifest.get('name')!r} has no split "
             f"{' or '.join(repr(n) for n in missing)} (it has {sorted(manifest['splits'])}){hint}"
