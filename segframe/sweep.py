@@ -131,14 +131,19 @@ def _jobs(config: DictConfig, loader: Any) -> list[list[str]]:
 
 def check_jobs_compose(config: DictConfig) -> None:
     """Compose every job's config before the first one starts, and refuse the sweep, listing them all,
-    when any cannot be composed (an unknown experiment, a misspelt key): Hydra stops a sweep at the
-    first such job, and the jobs after it, valid ones included, would never run."""
+    when any cannot be composed (an unknown experiment, a misspelt key). Hydra's basic sweeper stops at
+    the first such job, naming only it; an Optuna search would meet it trials later, after hours of
+    training. Only for those two sweepers: another's parameters have their own syntax."""
     from hydra.core.global_hydra import GlobalHydra
 
-    if not GlobalHydra.instance().is_initialized():
+    target = str(OmegaConf.select(config, "hydra.sweeper._target_", default=""))
+    if not GlobalHydra.instance().is_initialized() or not target.endswith((".BasicSweeper", "OptunaSweeper")):
         return
     loader = GlobalHydra.instance().config_loader()
-    jobs = _jobs(config, loader)
+    try:
+        jobs = _jobs(config, loader)
+    except Exception:  # noqa: BLE001 (a sweep Hydra cannot parse: the sweeper itself says why)
+        return
     refused = []
     for i, job in enumerate(jobs):
         try:
@@ -150,7 +155,8 @@ def check_jobs_compose(config: DictConfig) -> None:
         fail(f"{len(refused)} of the sweep's {len(jobs)} job configs cannot be composed, so no job was run:\n"
              + "\n".join(f"  {' '.join(job)}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                          for _, job, exc in refused)
-             + f"\nfix or drop those values and run the sweep again. The first error in full:\n{first}")
+             + f"\nfix or drop those values and run the sweep again. The first error in full:\n{first}",
+             hint="(nothing was run)")
 
 
 def continue_optuna_study(config: DictConfig) -> None:

@@ -71,8 +71,8 @@ def _all_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
 
 def install() -> None:
     """Make Hydra's refusal of an unknown key carry `advice` (once per process)."""
-    original = ConfigLoaderImpl._apply_overrides_to_config
-    if getattr(original, "segframe_advice", False):
+    original = getattr(ConfigLoaderImpl, "_apply_overrides_to_config", None)
+    if original is None or getattr(original, "segframe_advice", False):  # another Hydra: its own message stays
         return
 
     def apply(overrides: list[Override], cfg: DictConfig) -> None:
@@ -84,8 +84,12 @@ def install() -> None:
             if refused is None or refused.input_line is None:
                 raise
             value = refused.input_line.split("=", 1)[1] if "=" in refused.input_line else ""
+            try:
+                text = advice(cfg, refused.key_or_group, value)
+            except Exception:  # noqa: BLE001 (an advice that fails leaves Hydra's own message)
+                raise exc  # noqa: B904 (Hydra's error as it was, its cause included)
             # from None: Hydra would print OmegaConf's "Key 'max_epoch' is not in struct" below it
-            raise ConfigCompositionException(advice(cfg, refused.key_or_group, value)) from None
+            raise ConfigCompositionException(text) from None
 
     apply.segframe_advice = True  # type: ignore[attr-defined]
     ConfigLoaderImpl._apply_overrides_to_config = staticmethod(apply)  # type: ignore[method-assign]
