@@ -30,7 +30,7 @@ def load_checkpoint(path: str, command: str | None = None) -> dict[str, Any]:
             warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickled objects, not a torch file...
-        # not `from exc`: the command line prints a cause, and torch's would advise weights_only=False
+        # not `from exc`: the command line prints a cause, and torch's would advise turning weights_only off
         # (running the code a pickle holds); the traceback (SEGFRAME_TRACEBACK=1) still shows it
         raise CheckpointError(f"{path} cannot be loaded as a segframe checkpoint: {load_problem(exc)}. {TRAINED}")
     if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "model_config" not in ckpt["hyper_parameters"]:

@@ -85,8 +85,9 @@ class ExportError(SegframeError, ValueError):
 
 
 def load_problem(exc: Exception) -> str:
-    """torch.load's failure (a checkpoint, an init_from or pretrained weights file) in a line, without its advice to load with weights_only=False (that
-    would run whatever code a pickle holds: a segframe checkpoint never needs it)."""
+    """torch.load's failure (a checkpoint, an init_from or pretrained weights file) in a line, without
+    its advice to turn weights_only off (that would run whatever code a pickle holds: a segframe
+    checkpoint never needs it)."""
     text = str(exc)
     after = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
     detail = next((line.strip().split(". ")[0] for line in after.splitlines() if line.strip()), None)

@@ -197,7 +197,8 @@ class PerImageScores(Metric):
         update()'s second half, for a subclass that counts another way (the bench's before)."""
         cm = cm.double()
         tp = cm.diagonal(dim1=1, dim2=2)
-        total = cm.sum(2) + cm.sum(1)  # gt + pred pixels per image and class
+        gt, pred = cm.sum(2), cm.sum(1)  # per image and class
+        total = gt + pred
         present = total > 0
         denominator = total.clamp_min(1)
         dice, iou = 2 * tp / denominator, tp / (total - tp).clamp_min(1)
@@ -205,12 +206,16 @@ class PerImageScores(Metric):
         self.iou_sum += iou.sum(0)
         self.images += present.sum(0)
         # TernausNet: the foreground classes in each image's ground truth; empty ground truth: 1 or 0
-        in_gt = cm.sum(2)[:, 1:] > 0
+        in_gt = gt[:, 1:] > 0
         classes_in_gt = in_gt.sum(1)
-        empty_score = (cm.sum(1)[:, 1:].sum(1) == 0).double()  # 1 when nothing is predicted as foreground
-        for scores_, total_ in ((iou, "ternaus_jaccard_sum"), (dice, "ternaus_dice_sum")):
-            mean = (scores_[:, 1:] * in_gt).sum(1) / classes_in_gt.clamp_min(1)
-            setattr(self, total_, getattr(self, total_) + torch.where(classes_in_gt > 0, mean, empty_score).sum())
+        empty_score = (pred[:, 1:].sum(1) == 0).double()  # 1 when nothing is predicted as foreground
+
+        def per_image(score: torch.Tensor) -> torch.Tensor:
+            mean = (score[:, 1:] * in_gt).sum(1) / classes_in_gt.clamp_min(1)
+            return torch.where(classes_in_gt > 0, mean, empty_score).sum()
+
+        self.ternaus_jaccard_sum += per_image(iou)
+        self.ternaus_dice_sum += per_image(dice)
         self.num_images += cm.shape[0]
 
     def compute(self) -> dict[str, torch.Tensor]:

@@ -121,8 +121,12 @@ def unusable(entry: dict[str, Any] | None) -> str | None:
     return _not_cacheable(entry)
 
 
+def _seconds_since(measured_at: str) -> float:
+    return max(0.0, time.time() - datetime.fromisoformat(measured_at).timestamp())
+
+
 def _age(measured_at: str) -> str:
-    seconds = max(0.0, time.time() - datetime.fromisoformat(measured_at).timestamp())
+    seconds = _seconds_since(measured_at)
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
             return f"{seconds / size:.0f} {unit} ago"
@@ -137,10 +141,16 @@ def cache_key(flags: set[str] | None) -> str:
 def cached(flags: set[str] | None, suffix: str = "") -> dict[str, Any] | None:
     """This machine's cache entry as it stands (None when there is none); with `suffix` UNCACHED, its
     latest measurement that was not cached."""
+    return _read_cache().get(cache_key(flags) + suffix)
+
+
+def _read_cache() -> dict[str, Any]:
+    """The cache file's entries ({} when it is missing or unreadable)."""
     try:
-        return json.loads(cache_file().read_text()).get(cache_key(flags) + suffix)
-    except (OSError, ValueError, AttributeError):
-        return None
+        cache = json.loads(cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
 
 
 def _just_measured(flags: set[str] | None) -> dict[str, Any] | None:
@@ -148,7 +158,7 @@ def _just_measured(flags: set[str] | None) -> dict[str, Any] | None:
     started with this one (a DDP rank) took it."""
     for entry in (cached(flags), cached(flags, UNCACHED)):
         if entry and entry.get("method") == PROBE_METHOD and entry.get("measured_at") and \
-                time.time() - datetime.fromisoformat(entry["measured_at"]).timestamp() < SHARED_S:
+                _seconds_since(entry["measured_at"]) < SHARED_S:
             return entry
     return None
 
@@ -164,10 +174,7 @@ def measure(flags: set[str] | None) -> tuple[dict[str, Any], str]:
         entry["load"], entry["cpus"] = max(before[0], after[0]), before[1]
     why_not = _not_cacheable(entry)
     path = cache_file()
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
+    cache = _read_cache()
     # entries of another probe method go: their keys (with a thread count) would never be read again
     cache = {k: v for k, v in cache.items() if isinstance(v, dict) and v.get("method") == PROBE_METHOD}
     # not cached, it is still kept apart for SHARED_S seconds: the other ranks of this run take it

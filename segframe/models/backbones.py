@@ -68,7 +68,7 @@ def read_weights_file(pretrained: str | os.PathLike, example: str, download: str
     try:  # weights_only: never unpickle arbitrary objects from a file we did not create
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickled objects, not a torch file...
-        # not `from exc`: torch's cause advises weights_only=False (running the code a pickle holds)
+        # not `from exc`: torch's cause advises turning weights_only off (running the code a pickle holds)
         raise ConfigError(f"model.pretrained={pretrained}: {path} cannot be loaded as a weights file: "
                           f"{load_problem(exc)}; pass an intact copy of {example}, or model.pretrained=false")
 

@@ -134,7 +134,7 @@ def read_init_file(path: str | os.PathLike) -> tuple[Path, Any]:
     try:
         return file, torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickled objects, not a torch file...
-        # not `from exc`: torch's cause advises weights_only=False (running the code a pickle holds)
+        # not `from exc`: torch's cause advises turning weights_only off (running the code a pickle holds)
         raise ConfigError(f"model.init_from={path}: {file} cannot be loaded as a weights file or checkpoint: "
                           f"{load_problem(exc)}")
 
