@@ -25,7 +25,7 @@ def datamodule(data: DictConfig, dm_cfg: DictConfig, train_transform: Any, eval_
                **overrides: Any) -> Any:
     """The datamodule of `data`'s shards, refused when the shards hold another number of classes."""
     dm = instantiate(dm_cfg, train_transform=train_transform, eval_transform=eval_transform,
-                     convert_hint=convert_command(data), **overrides)
+                     convert_hint=convert_command(data), task=data.get("task"), **overrides)
     if dm.num_classes != int(data.num_classes):
         raise ConfigError(
             f"{locate(data.shard_dir, MANIFEST)} has {dm.num_classes} classes {dm.classes} but data.num_classes="

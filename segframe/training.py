@@ -58,7 +58,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         loss=instantiate(cfg.loss) if cfg.get("loss") else None,  # conf/loss: a factory, None: cross entropy
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         classes=dm.classes, palette=dm.palette, **{**plain(cfg.module), "channels_last": knobs.channels_last},
-        class_pixels=split_info(dm.manifest, dm.train_split, dm.shard_dir)["class_pixels"],  # for class_weighting
+        class_pixels=dm.class_pixels(dm.train_split),  # for class_weighting
         inference=components.inference_options(cfg.eval),
         model_config=plain(cfg.model), data_config=plain(cfg.data),
     )

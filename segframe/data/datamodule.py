@@ -27,6 +27,7 @@ from segframe.data.sample import decode_sample, open_sample
 from segframe.commands import convert_command_for
 from segframe.data.manifest import read_manifest, shard_urls, split_info
 from segframe.data.shard_reader import iter_shard
+from segframe.data.tasks import View, view
 
 Transform = Callable[..., dict]
 
@@ -48,16 +49,18 @@ class ShardStream(IterableDataset):
         world_size: int = 1,
         verify_checksums: bool = False,
         convert_hint: str = "",
+        task: View | None = None,
     ):
         """`shards`: (location, sample count) or (location, sample count, bytes, sha256) per shard;
         a shard's size is checked when known, its sha256 only with `verify_checksums`. `convert_hint`:
-        the dataset's convert command, for the advice a damaged shard's error gives."""
+        the dataset's convert command, for the advice a damaged shard's error gives. `task`: relabels
+        each mask (segframe.data.tasks); `num_classes` is then the stored classes' count."""
         if not shards:
             raise ValueError("ShardStream needs at least one shard")
         self.checks = {s[0]: (s[2], s[3] if verify_checksums else None) for s in shards if len(s) >= 4}
         self.convert_hint = convert_hint
         self.shards = [(s[0], int(s[1])) for s in shards]
-        self.transform, self.num_classes = transform, num_classes
+        self.transform, self.num_classes, self.task = transform, num_classes, task
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0  # set from the main process before each epoch's workers start
         self._passes = 0  # iterations of this copy inside one worker process
@@ -93,13 +96,17 @@ class ShardStream(IterableDataset):
         image itself, so that it can decode a JPEG it will shrink at a reduced DCT scale."""
         if hasattr(self.transform, "apply_encoded"):
             encoded, mask, _ = open_sample(sample, self.num_classes)
-            out = self.transform.apply_encoded(encoded, mask)
+            out = self.transform.apply_encoded(encoded, self._relabel(mask))
             return out["image"], out["mask"]
         image, mask, _ = decode_sample(sample, self.num_classes)
+        mask = self._relabel(mask)
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         return image, mask
+
+    def _relabel(self, mask: np.ndarray) -> np.ndarray:
+        return mask if self.task is None else self.task.relabel(mask)
 
     def _role(self, workers: int, worker: int, epoch: int) -> int:
         """Which worker's part of the epoch this worker plays (its own, but in a resumed epoch)."""
@@ -130,8 +137,8 @@ class TrainStream(ShardStream):
 
     def __init__(self, shards: list[tuple], transform: Transform | None, num_classes: int,
                  batches_per_epoch: int, batch_size: int, shuffle_buffer: int = 0, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, verify_checksums: bool = False, convert_hint: str = ""):
-        super().__init__(shards, transform, num_classes, seed, rank, world_size, verify_checksums, convert_hint)
+                 world_size: int = 1, verify_checksums: bool = False, convert_hint: str = "", task: View | None = None):
+        super().__init__(shards, transform, num_classes, seed, rank, world_size, verify_checksums, convert_hint, task)
         self.batches_per_epoch, self.batch_size, self.shuffle_buffer = batches_per_epoch, batch_size, shuffle_buffer
         self._resume: tuple[int | None, int] = (None, 0)  # (epoch, batches already trained in it)
 
@@ -230,13 +237,15 @@ class SegDataModule(pl.LightningDataModule):
         prefetch_factor: int | None = None,
         convert_hint: str = "",
         verify_checksums: bool = False,
+        task: str | None = None,
     ):
         """`shard_dir`: a local directory, an http(s):// URL or a pipe: command (see data/remote.py).
         `verify_checksums`: hash every shard while reading it and compare with the manifest's sha256.
         Loader knobs: `pin_memory` page-locks batches for faster host-to-GPU copies (used only
         when CUDA is there); `persistent_workers` keeps worker processes between epochs (the
         per-epoch reshuffle still happens: each worker counts its epochs); `prefetch_factor`
-        batches each worker keeps ready (None: torch's default, 2). Both apply with num_workers > 0."""
+        batches each worker keeps ready (None: torch's default, 2). Both apply with num_workers > 0.
+        `task`: which label set of a conversion that serves several (data.task; segframe.data.tasks)."""
         super().__init__()
         self.shard_dir, self.train_transform, self.eval_transform = shard_dir, train_transform, eval_transform
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
@@ -246,17 +255,24 @@ class SegDataModule(pl.LightningDataModule):
         self.verify_checksums = verify_checksums
         self.convert_hint = convert_hint or convert_command_for(shard_dir)
         self.manifest = read_manifest(shard_dir, self.convert_hint)
-        self.num_classes = len(self.manifest["classes"])
+        self.view = view(self.manifest, task)
+        self.num_classes = len(self.view.classes)
+        self._stored = len(self.manifest["classes"])  # the codes in the shards' masks
         self._train: ShardStream | None = None
         self._restored: tuple[int, int] | None = None  # (epoch, batches done) of the checkpoint resumed from
 
     @property
     def classes(self) -> list[str]:
-        return list(self.manifest["classes"])
+        return list(self.view.classes)
 
     @property
     def palette(self) -> list[list[int]]:
-        return [list(c) for c in self.manifest["palette"]]
+        return [list(c) for c in self.view.palette]
+
+    def class_pixels(self, split: str) -> list[int]:
+        """Labelled pixels per class in `split` (for class weighting), as the task sees them."""
+        info = split_info(self.manifest, split, self.shard_dir)
+        return self.view.pixels(info["class_pixels"], info["ignore_pixels"])[0]
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -273,9 +289,9 @@ class SegDataModule(pl.LightningDataModule):
         batches = max(1, info["num_samples"] // (self.batch_size * world))
         self._train = TrainStream(
             shard_urls(self.manifest, self.train_split, self.shard_dir, checksums=True), self.train_transform,
-            self.num_classes, batches_per_epoch=batches, batch_size=self.batch_size, shuffle_buffer=self.shuffle_buffer,
+            self._stored, batches_per_epoch=batches, batch_size=self.batch_size, shuffle_buffer=self.shuffle_buffer,
             seed=self.seed, rank=rank, world_size=world, verify_checksums=self.verify_checksums,
-            convert_hint=self.convert_hint,
+            convert_hint=self.convert_hint, task=self.view,
         )
         # Lightning builds this loader (for estimated_stepping_batches) before it restores the loop
         # counters, and starts the first epoch's workers before on_train_epoch_start (set_epoch): a
@@ -310,8 +326,8 @@ class SegDataModule(pl.LightningDataModule):
     def eval_dataloader(self, split: str) -> DataLoader:
         rank, world = self._rank_world()
         stream = ShardStream(shard_urls(self.manifest, split, self.shard_dir, checksums=True), self.eval_transform,
-                             self.num_classes, rank=rank, world_size=world, verify_checksums=self.verify_checksums,
-                             convert_hint=self.convert_hint)
+                             self._stored, rank=rank, world_size=world, verify_checksums=self.verify_checksums,
+                             convert_hint=self.convert_hint, task=self.view)
         return self._loader(stream, self.eval_batch_size)
 
     def val_dataloader(self) -> DataLoader:

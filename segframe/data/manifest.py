@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from segframe.commands import convert_command_for
 from segframe.data.remote import check_name, is_remote, locate, read_bytes
 from segframe.data.sample import IGNORE_INDEX
+from segframe.data.tasks import TASKS, View, empty_in, view
 from segframe.errors import LocationError, ManifestError, RemoteError
 
 MANIFEST = "manifest.json"
@@ -34,9 +33,13 @@ FORMAT_VERSION = 1
 
 
 def build_manifest(name: str, classes: list[str], palette: list[list[int]], splits: dict[str, Any],
-                   skipped: list[dict[str, Any]], source: Any, started: float) -> dict[str, Any]:
+                   skipped: list[dict[str, Any]], source: Any, started: float,
+                   tasks: dict[str, Any] | None = None) -> dict[str, Any]:
     """The manifest of a finished conversion: per split its shards (name, samples, bytes, sha256)
-    and label pixel counts, plus what it was converted from (converter, options, fingerprint)."""
+    and label pixel counts, plus what it was converted from (converter, options, fingerprint). With
+    `tasks` (segframe.data.tasks), the label sets read from its stored classes."""
+    views = [view({"name": name, "tasks": tasks}, t) for t in tasks] if tasks else \
+        [View(None, list(classes), [list(c) for c in palette])]
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -46,7 +49,8 @@ def build_manifest(name: str, classes: list[str], palette: list[list[int]], spli
         "ignore_index": IGNORE_INDEX,
         "splits": splits,
         "skipped": skipped,
-        "warnings": label_warnings(splits, list(classes)),
+        **({TASKS: tasks} if tasks else {}),
+        "warnings": [w for v in views for w in label_warnings(splits, v)],
         "source": {
             "converter": f"{type(source).__module__}.{type(source).__qualname__}",
             "options": source.options(),
@@ -67,20 +71,19 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def empty_classes(splits: dict[str, Any], classes: list[str]) -> tuple[list[str], int]:
     """(classes with no labelled pixel in `splits`, pixels labelled 255 there), from the manifest's
-    per-split counts."""
-    totals = np.sum([info["class_pixels"] for info in splits.values()], axis=0)
-    return [classes[i] for i in np.flatnonzero(totals == 0)], sum(info["ignore_pixels"] for info in splits.values())
+    per-split counts (for a task's classes: segframe.data.tasks.empty_in)."""
+    return empty_in(View(None, list(classes), []), splits)
 
 
-def label_warnings(splits: dict[str, Any], classes: list[str]) -> list[str]:
+def label_warnings(splits: dict[str, Any], v: View) -> list[str]:
     """Classes no split labels at all: a wrong class list, or masks that store a class as 255
     (binary 0/255 masks), which would otherwise train silently on background only."""
-    empty, ignored = empty_classes(splits, classes)
+    empty, ignored = empty_in(v, splits)
     if not empty:
         return []
     hint = (f"; {ignored} pixels are 255 (ignored): if your masks store a class as 255 (e.g. binary 0/255 masks), "
-            "map it, e.g. \"data.label_map={255: 1}\" with data=folder" if ignored else "")
-    return [f"classes {empty} have no labelled pixels in any split{hint}"]
+            "map it, e.g. \"data.label_map={255: 1}\" with data=folder" if ignored and v.task is None else "")
+    return [f"{f'task {v.task}: ' if v.task else ''}classes {empty} have no labelled pixels in any split{hint}"]
 
 
 # --------------------------------------------------------------------------- reading

@@ -14,10 +14,11 @@ from hydra.utils import instantiate
 
 from segframe.commands import convert_command
 from segframe.data.described import config_path, is_described
-from segframe.data.manifest import MANIFEST, empty_classes, read_manifest, split_info
+from segframe.data.manifest import MANIFEST, read_manifest, split_info
 from segframe.data.remote import is_remote, locate
 from segframe.data.shard_writer import wait_for_conversion, write_dataset
 from segframe.data.sources.files import bit_palette
+from segframe.data.tasks import empty_in, view
 from segframe.errors import ConfigError, ConversionInProgress, ManifestError
 
 log = logging.getLogger("segframe")
@@ -26,12 +27,15 @@ log = logging.getLogger("segframe")
 def convert_dataset(data: Any, num_workers: int = 0, on_bad: str = "error", source: Any = None) -> dict[str, Any]:
     """Convert the dataset `data` describes into `data.shard_dir`; returns its manifest."""
     source = source if source is not None else instantiate(data.source)
+    size = {"shard_size": int(data.get("shard_size", 1000)), "num_workers": num_workers, "on_bad": on_bad}
+    if hasattr(source, "tasks"):  # stored codes that several tasks read (data.task picks one when training)
+        classes, palette = source.stored_classes()
+        return write_dataset(source, data.shard_dir, data.name, classes, palette, tasks=source.tasks(), **size)
     classes = list(data.classes)
     # no palette in the config: the masks' own (palette PNGs from an annotation tool), else VOC's colour map
     own = source.mask_palette(len(classes)) if hasattr(source, "mask_palette") and not data.get("palette") else None
     palette = [list(c) for c in data.palette] if data.get("palette") else own or bit_palette(len(classes))
-    return write_dataset(source, data.shard_dir, data.name, classes, palette,
-                         shard_size=int(data.get("shard_size", 1000)), num_workers=num_workers, on_bad=on_bad)
+    return write_dataset(source, data.shard_dir, data.name, classes, palette, **size)
 
 
 def _json(value: Any) -> Any:
@@ -60,8 +64,10 @@ def conversion_diff(manifest: dict[str, Any], data: Any, source: Any = None, raw
     training needs). Empty when it is current."""
     recorded = manifest.get("source") or {}
     lines = []
-    if list(manifest["classes"]) != list(data.classes):
-        lines.append(f"it has classes {manifest['classes']} and the config now says {list(data.classes)}")
+    classes = view(manifest, data.get("task")).classes
+    if classes != list(data.classes):
+        task = f" for data.task={data.task}" if data.get("task") else ""
+        lines.append(f"it has classes {classes}{task} and the config now says {list(data.classes)}")
     if source is None and data.get("source") is None:  # a data config for shards alone (e.g. remote ones)
         return lines
     source = source if source is not None else instantiate(data.source)
@@ -120,12 +126,14 @@ def check_labelled(data: Any, manifest: dict[str, Any], split: str) -> None:
     starts (the converter's warning is long gone by then), and refuse when no class but the first
     (background) has any, unless data.allow_empty_classes=true."""
     info = split_info(manifest, split, data.shard_dir)
-    classes = list(manifest["classes"])
-    empty, ignored = empty_classes({split: info}, classes)
+    task = view(manifest, data.get("task"))
+    classes = task.classes
+    empty, ignored = empty_in(task, {split: info})
     if not empty:
         return
     fix = (f"; if your masks store a class as 255 (0/255 binary masks), map it and convert again: "
            f"`{convert_command(data)} \"data.label_map={{255: 1}}\" overwrite=true`" if ignored and "label_map" in data
+           else f"; the data.task={task.task} masks of these samples have none" if task.task
            else "; check data.classes against the values your masks hold")
     problem = f"classes {empty} of {data.name} have no labelled pixels in its {split} split ({ignored} pixels are 255){fix}"
     if set(empty) >= set(classes[1:]) and not data.get("allow_empty_classes", False):

@@ -26,6 +26,7 @@ from webdataset import TarWriter
 
 from segframe.atomic import write_text_atomic
 from segframe.data.manifest import MANIFEST, build_manifest, sha256_file
+from segframe.data.tasks import check_tasks
 from segframe.data.remote import refuse_write
 from segframe.data.sample import IGNORE_INDEX, encode_sample
 from segframe.data.sources import Source
@@ -118,13 +119,16 @@ def write_dataset(
     max_shard_bytes: int = 256 * 2**20,
     num_workers: int = 0,
     on_bad: str = "error",
+    tasks: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Convert every split of `source` into shards under `shard_dir`; returns the manifest."""
+    """Convert every split of `source` into shards under `shard_dir`; returns the manifest. `tasks`:
+    the label sets its stored `classes` serve (segframe.data.tasks), written into the manifest."""
     if on_bad not in ("error", "skip"):
         raise ConfigError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
     num_classes = len(classes)
     if len(palette) < num_classes:
         raise ConfigError(f"palette has {len(palette)} colours for {num_classes} classes")
+    tasks = check_tasks(tasks, num_classes, name) if tasks else None
     refuse_write(shard_dir)  # converting writes local files only
     started = time.time()
     items = source.splits()  # a missing or empty dataset fails here, before anything is written
@@ -142,7 +146,7 @@ def write_dataset(
             splits, skipped = _write_splits(source, items, tmp, name, num_classes, shard_size, max_shard_bytes,
                                             num_workers, on_bad, state)
             manifest = build_manifest(name, list(classes), [list(c) for c in palette], splits, skipped, source,
-                                      started)
+                                      started, tasks)
             write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1))
             _swap_into_place(tmp, out)
         except BaseException:
