@@ -15,7 +15,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "segframe"
 LAYERS = [
     ("foundation", ("errors", "paths", "atomic", "config", "commands", "metric_names", "host", "unknown_keys", "folds")),
     ("data", ("data",)),
-    ("components", ("models", "losses", "metrics", "inference", "crf", "schedules", "module", "speed", "speed_probe")),
+    ("components", ("models", "losses", "jaccard_loss", "metrics", "inference", "crf", "schedules", "module", "speed",
+                    "speed_probe")),
     ("run pieces", ("report", "model_card", "checkpoint", "checkpointing", "resume", "components", "experiments",
                     "experiment_tables", "exported")),
     ("orchestration", ("training", "evaluation", "conversion", "prediction", "reproduction", "api", "exporting")),
