@@ -11,23 +11,24 @@ from pathlib import Path
 from typing import Any
 
 from segframe.experiments import compare, experiment_files, load_experiment, load_result, second_references
-from segframe.metric_names import image_summary_keys, percent, summary_keys
+from segframe.metric_names import anchor_image_keys, image_summary_keys, percent, summary_keys
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 METRICS = tuple(summary_keys())  # "-" where a reference or a run lacks one (runs before mDice existed)
 # per image (the medical convention): shown after the dataset-level ones, only in the rows of references
 # that name one (in mean, minimum or tolerance), e.g. a polyp recipe judged on mdice_img
-IMAGE_METRICS = tuple(image_summary_keys())
+# per image, as TernausNet scores EndoVis 2017 (jaccard_ternaus, dice_ternaus): shown the same way
+IMAGE_GROUPS = {"per image mIoU / mDice": tuple(image_summary_keys()),
+                "TernausNet per image Jaccard / Dice": tuple(anchor_image_keys())}
+IMAGE_METRICS = tuple(m for group in IMAGE_GROUPS.values() for m in group)
 # the experiment files and compare() keep scores in percent; a reference or an older run may lack one
 _cell = functools.partial(percent, fraction=False, missing="-")
 
 
 def _per_image(values: dict[str, Any]) -> str:
-    """'; per image mIoU / mDice: a / b' (percent), or '' when `values` holds no per-image number."""
-    if all(values.get(m) is None for m in IMAGE_METRICS):
-        return ""
-    names = " / ".join({"miou_img": "mIoU", "mdice_img": "mDice"}.get(m, m) for m in IMAGE_METRICS)
-    return f"; per image {names}: " + " / ".join(_cell(values.get(m)) for m in IMAGE_METRICS)
+    """'; per image mIoU / mDice: a / b' (percent) for each per-image convention `values` holds a number of."""
+    return "".join(f"; {label}: " + " / ".join(_cell(values.get(m)) for m in group)
+                   for label, group in IMAGE_GROUPS.items() if any(values.get(m) is not None for m in group))
 
 
 def row(name: str, experiment: Any, result: dict[str, Any] | None) -> str:
@@ -47,16 +48,20 @@ def row(name: str, experiment: Any, result: dict[str, Any] | None) -> str:
         why = ref.get("not_reproduced", "not run yet")
         reproduced, diff, status, wall = f"not reproduced ({why})", "-", "-", "-"
     else:
-        seeds = ", ".join(_cell(v) for v in metrics["miou"]["per_seed"])
+        # the first metric the reference names (mIoU for most; TernausNet's Jaccard for EndoVis 2017)
+        key = next((m for m in (*METRICS, *IMAGE_METRICS) if m in {**(ref.get("mean") or {}), **(ref.get("minimum") or {})}),
+                   "miou")
+        label = {"miou": "mIoU"}.get(key, key)
+        seeds = ", ".join(_cell(v) for v in metrics[key]["per_seed"])
         reproduced = " / ".join(_cell(metrics[m]["reproduced"]) for m in METRICS)
         if names_image:
             reproduced += _per_image({m: metrics[m]["reproduced"] for m in IMAGE_METRICS if m in metrics})
-        per_fold = metrics["miou"].get("per_fold")
-        reproduced += (f" (mean of {len(per_fold)} folds, mIoU per fold: "
-                       f"{', '.join(_cell(v) for v in per_fold.values())}; spread {_cell(metrics['miou']['spread'])})"
-                       if per_fold else f" (mIoU per seed: {seeds})")
-        diff = "-" if metrics["miou"]["diff"] is None else f"{metrics['miou']['diff']:+.2f}"
-        diff += "".join(f" ({a['name']}: {a['diff']['miou']:+.2f})" for a in also if a["diff"].get("miou") is not None)
+        per_fold = metrics[key].get("per_fold")
+        reproduced += (f" (mean of {len(per_fold)} folds, {label} per fold: "
+                       f"{', '.join(_cell(v) for v in per_fold.values())}; spread {_cell(metrics[key]['spread'])})"
+                       if per_fold else f" ({label} per seed: {seeds})")
+        diff = "-" if metrics[key]["diff"] is None else f"{metrics[key]['diff']:+.2f}"
+        diff += "".join(f" ({a['name']}: {a['diff'][key]:+.2f})" for a in also if a["diff"].get(key) is not None)
         # every metric compare() judged: the dataset-level ones and the per-image ones
         verdicts = [metrics[m]["within"] for m in metrics if metrics[m]["within"] is not None]
         tolerances = ", ".join([f"{m} ±{metrics[m]['tolerance']}" for m in metrics if metrics[m]["tolerance"] is not None]

@@ -33,6 +33,7 @@ from torch import nn
 
 from segframe.data.sample import IGNORE_INDEX
 from segframe.errors import ConfigError
+from segframe.jaccard_loss import LogJaccard
 
 REDUCTIONS = ("mean", "sum")
 
@@ -283,7 +284,9 @@ class CeDice(nn.Module):
         return self.ce_weight * self.ce(logits, target) + self.dice_weight * self.dice(logits, target)
 
 
-LOSSES: dict[str, type[nn.Module]] = {cls.name: cls for cls in (CrossEntropy, Dice, Focal, Lovasz, CeDice)}
+# every loss of the `loss=` group, by option name (LogJaccard, loss=log_jaccard, lives in jaccard_loss.py)
+LOSSES: dict[str, type[nn.Module]] = {cls.name: cls
+                                      for cls in (CrossEntropy, Dice, Focal, Lovasz, CeDice, LogJaccard)}
 
 
 # --------------------------------------------------------------------------- factories <-> plain configs
@@ -299,14 +302,14 @@ def config_of(factory: Callable[..., nn.Module]) -> dict[str, Any] | None:
         return None
     keywords = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
                 for k, v in (factory.keywords if partial else {}).items()}
-    return {"_target_": f"{__name__}.{cls.__name__}", "_partial_": True, **keywords}
+    return {"_target_": f"{cls.__module__}.{cls.__name__}", "_partial_": True, **keywords}
 
 
 def factory_from(config: dict[str, Any]) -> Callable[..., nn.Module]:
-    """The loss factory of a config config_of wrote. Only this module's losses: a checkpoint's
+    """The loss factory of a config config_of wrote. Only the losses of LOSSES: a checkpoint's
     hparams are data and never name code to import."""
     target = str(config.get("_target_", ""))
-    classes = {f"{__name__}.{cls.__name__}": cls for cls in LOSSES.values()}
+    classes = {f"{cls.__module__}.{cls.__name__}": cls for cls in LOSSES.values()}
     if target not in classes:
         raise ConfigError(f"loss config _target_ must be one of {sorted(classes)}, got {target!r}")
     return functools.partial(classes[target], **{k: v for k, v in config.items() if not k.startswith("_")})

@@ -222,8 +222,8 @@ def test_per_class_factors_must_match_the_classes():
 OPTIONS = sorted(p.stem for p in (CONF_DIR / "loss").glob("*.yaml"))
 
 
-def test_the_group_has_the_five_options_and_ce_is_the_default():
-    assert OPTIONS == ["ce", "ce_dice", "dice", "focal", "lovasz"]
+def test_the_group_has_the_six_options_and_ce_is_the_default():
+    assert OPTIONS == ["ce", "ce_dice", "dice", "focal", "log_jaccard", "lovasz"]
     assert compose([]).loss._target_ == "segframe.losses.CrossEntropy"
 
 

@@ -128,15 +128,17 @@ def measure_rate(loader: DataLoader, seconds: float, set_epoch: Callable[[int], 
     return n / (time.perf_counter() - start), n
 
 
-def bench_loader(shard_dir: Path, crop: int, batch: int, workers: list[int], seconds: float) -> list[tuple]:
-    """[(pipeline, workers, samples/s, per worker)] through SegDataModule.train_dataloader()."""
+def bench_loader(shard_dir: Path, crop: int, batch: int, workers: list[int], seconds: float,
+                 split: str = "train") -> list[tuple]:
+    """[(pipeline, workers, samples/s, per worker)] through SegDataModule.train_dataloader() over `split`."""
     from segframe.data.augment import default_train, identity
     from segframe.data.datamodule import SegDataModule
 
     rows = []
     for label, transform in (("decode", identity()), ("decode+augment", default_train(crop_size=crop))):
         for w in workers:
-            dm = SegDataModule(str(shard_dir), transform, identity(), batch_size=batch, num_workers=w, shuffle_buffer=64)
+            dm = SegDataModule(str(shard_dir), transform, identity(), batch_size=batch, num_workers=w, shuffle_buffer=64,
+                               train_split=split)
             rate, _ = measure_rate(dm.train_dataloader(), seconds, dm.set_epoch)
             rows.append((label, w, rate, rate / max(w, 1)))
     return rows

@@ -174,7 +174,8 @@ def _gpu_figure(args: argparse.Namespace, tmp: Path, device: torch.device) -> st
     row = measure("vgg16", setting, images, masks, device, stride=args.stride, warmup=args.warmup,
                   max_steps=args.steps, min_steps=args.min_steps, budget_s=args.budget)
     shard_dir, _ = _voc_like(args, tmp)
-    (_, _, per_process, _), = [r for r in bench_loader(shard_dir, size, args.batch, [0], args.seconds)
+    # the VOC-like shards hold one split, "all" (the files part reads them whole)
+    (_, _, per_process, _), = [r for r in bench_loader(shard_dir, size, args.batch, [0], args.seconds, split="all")
                                if r[0] == "decode+augment"]
     workers = math.ceil(row.img_s / max(per_process, 1e-9))
     return (f"FCN-{args.stride}s vgg16 {size}x{size} {setting}, batch {args.batch}: {row.img_s:.1f} img/s "
