@@ -93,7 +93,7 @@ def test_one_conversion_serves_every_task_through_train_eval_and_predict(convert
     classes = endovis2017.TASKS[task]["classes"]
     # fold 1 validates on instrument datasets 2 and 5: 2 frames each, scored whole (1280x1024)
     assert metrics["split"] == "instrument_dataset_2+instrument_dataset_5" and metrics["num_samples"] == 4
-    assert len(metrics["per_class_iou"]) == len(classes)
+    assert list(metrics["per_class"]) == classes
     assert 0.0 <= metrics["jaccard_ternaus"] <= 1.0 and 0.0 <= metrics["dice_ternaus"] <= 1.0
     ckpt = next((run / "checkpoints").glob("best-*.ckpt"))
 
