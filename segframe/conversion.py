@@ -87,6 +87,6 @@ def _browse(cfg: DictConfig, run_dir: Path) -> int:
     if not cfg.browse_split and any(n not in manifest["splits"] for n in str(split).split("+")):
         split = sorted(manifest["splits"])[0]  # converted into folds (data.num_folds) without data.fold: fold0
     out = Path(cfg.browse_file) if cfg.browse_file else run_dir / f"browse-{data.name}-{split}.png"
-    for path in browse(data.shard_dir, split, int(cfg.browse_count), out):
+    for path in browse(data.shard_dir, split, int(cfg.browse_count), out, task=data.get("task")):
         print(f"wrote {path}")
     return 0

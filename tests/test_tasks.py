@@ -7,7 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+from PIL import Image
 
+from segframe.data.browse import browse
 from segframe.data.datamodule import SegDataModule
 from segframe.data.preparation import check_labelled, conversion_diff, convert_dataset
 from segframe.data.sample import IGNORE_INDEX, RawSample
@@ -115,3 +117,13 @@ def test_a_task_map_is_checked_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match=r"task 't' maps codes to \[2\] outside its 2 classes"):
         write_dataset(CodeSource(), tmp_path / "d", "codes", STORED, CodeSource().stored_classes()[1], tasks=outside)
     assert not (tmp_path / "d").exists()
+
+
+def test_browse_shows_the_tasks_labels(converted, tmp_path):
+    data, _ = converted
+    grid, chart = browse(data.shard_dir, "a", 2, tmp_path / "b.png", task="shape")
+    picture = np.asarray(Image.open(grid).convert("RGB"))
+    assert (picture == [255, 0, 0]).all(axis=2).sum() > 0  # shape's "tool" colour, not a stored code's
+    assert chart.is_file() and chart.stat().st_size > 0
+    with pytest.raises(ConfigError, match="choose one with data.task=NAME"):
+        browse(data.shard_dir, "a", 2, tmp_path / "c.png")

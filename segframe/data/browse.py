@@ -14,6 +14,7 @@ from segframe.data.colours import overlay
 from segframe.data.sample import decode_sample
 from segframe.data.manifest import read_manifest, shard_urls, split_info
 from segframe.data.shard_reader import iter_shard
+from segframe.data.tasks import view
 
 TILE = 256
 CAPTION = 14
@@ -31,18 +32,21 @@ def _tile(image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]],
 
 
 def browse(shard_dir: str | os.PathLike, split: str | None, count: int, out_path: str | os.PathLike,
-           columns: int = 4) -> list[Path]:
+           columns: int = 4, task: str | None = None) -> list[Path]:
     """Write `<out_path>` (a grid of the first `count` samples of `split`, default: the first split)
-    and `<stem>-class-pixels.png` next to it. Returns the files written."""
+    and `<stem>-class-pixels.png` next to it, labelled as `task` reads them (data.task, for a
+    conversion that serves several). Returns the files written."""
     manifest = read_manifest(shard_dir)
     split = split or next(iter(manifest["splits"]))
-    split_info(manifest, split, shard_dir)  # names the available splits when `split` is not one
-    palette, classes = manifest["palette"], manifest["classes"]
+    info = split_info(manifest, split, shard_dir)  # names the available splits when `split` is not one
+    labels = view(manifest, task)
+    palette, classes = labels.palette, labels.classes
     tiles: list[Image.Image] = []
     present = np.zeros(256, dtype=bool)
     for url, expected in shard_urls(manifest, split, shard_dir):
         for sample in iter_shard(url, expected):
-            image, mask, meta = decode_sample(sample, len(classes))
+            image, mask, meta = decode_sample(sample, len(manifest["classes"]))
+            mask = labels.relabel(mask)
             present[np.unique(mask)] = True
             tiles.append(_tile(image, mask, palette, str(meta.get("id", sample["__key__"]))))
             if len(tiles) >= count:
@@ -60,7 +64,8 @@ def browse(shard_dir: str | os.PathLike, split: str | None, count: int, out_path
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)
     chart = out.with_name(f"{out.stem}-class-pixels.png")
-    class_pixels_plot(classes, split_info(manifest, split, shard_dir)["class_pixels"], f"{manifest['name']} {split}", chart)
+    title = f"{manifest['name']} {split}" + (f" ({task})" if task else "")
+    class_pixels_plot(classes, labels.pixels(info["class_pixels"])[0], title, chart)
     return [out, chart]
 
 
