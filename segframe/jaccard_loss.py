@@ -17,23 +17,9 @@ from torch import nn
 
 from segframe.data.sample import IGNORE_INDEX
 from segframe.errors import ConfigError
+from segframe.loss_args import class_factors
 
 CLASS_CHOICES = ("all", "foreground")
-
-
-def _class_weights(weight: Sequence[float] | torch.Tensor | None) -> torch.Tensor | None:
-    """None, or float32 class weights (module.class_weighting's list): finite and >= 0."""
-    if weight is None:
-        return None
-    values = weight.tolist() if isinstance(weight, torch.Tensor) else weight
-    try:
-        factors = torch.tensor([float(v) for v in values], dtype=torch.float32)
-    except (TypeError, ValueError):
-        factors = torch.tensor([float("nan")])
-    if factors.numel() == 0 or not bool(torch.isfinite(factors).all()) or bool((factors < 0).any()):
-        raise ConfigError(f"the class weights (module.class_weighting) must be one finite factor >= 0 per class, "
-                          f"got {weight!r}")
-    return factors
 
 
 class LogJaccard(nn.Module):
@@ -76,7 +62,8 @@ class LogJaccard(nn.Module):
             raise ConfigError(f"loss.eps must be a number in (0, 1) (TernausNet: 1e-15), got {eps!r}")
         self.jaccard_weight, self.classes, self.eps = float(jaccard_weight), classes, float(eps)
         # a buffer: moves with the module to the GPU; not persistent, SegModule rebuilds it from its hparams
-        self.register_buffer("weight", _class_weights(weight), persistent=False)
+        self.register_buffer("weight", class_factors("the class weights (module.class_weighting)", weight),
+                             persistent=False)
 
     def _check(self, num_classes: int) -> None:
         if self.classes == "foreground" and num_classes != 2:

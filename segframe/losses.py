@@ -33,6 +33,7 @@ from torch import nn
 
 from segframe.data.sample import IGNORE_INDEX
 from segframe.errors import ConfigError
+from segframe.loss_args import check_number, class_factors
 from segframe.jaccard_loss import LogJaccard
 
 REDUCTIONS = ("mean", "sum")
@@ -58,26 +59,6 @@ def _check_no_weight(weight: Any, loss: str) -> None:
         raise ConfigError(f"module.class_weighting weights pixels per class, but loss={loss} averages the present "
                           f"classes equally already; use module.class_weighting=none, or loss=ce_dice (the weights "
                           f"apply to its cross-entropy term)")
-
-
-def _check_number(key: str, value: Any, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum \
-            or value == float("inf"):
-        raise ConfigError(f"{key} must be a finite number >= {minimum:g}, got {value!r}")
-    return float(value)
-
-
-def _class_factors(key: str, values: Any) -> torch.Tensor | None:
-    """None, or a float32 tensor of one finite factor >= 0 per class (a list, tuple or tensor)."""
-    if values is None:
-        return None
-    if isinstance(values, torch.Tensor):
-        values = values.tolist()
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
-        raise ConfigError(f"{key} must be null or a list with one factor >= 0 per class, got {values!r}")
-    for v in values:
-        _check_number(f"every entry of {key}", v)
-    return torch.tensor([float(v) for v in values], dtype=torch.float32)
 
 
 def _check_classes(key: str, factors: torch.Tensor | None, logits: torch.Tensor) -> None:
@@ -138,7 +119,7 @@ class CrossEntropy(nn.Module):
         _check_reduction(reduction, self.name)
         self.reduction = reduction
         # a buffer: moves with the module to the GPU; not persistent, SegModule rebuilds it from its hparams
-        self.register_buffer("weight", _class_factors("the class weights (module.class_weighting)", weight),
+        self.register_buffer("weight", class_factors("the class weights (module.class_weighting)", weight),
                              persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -171,7 +152,7 @@ class Dice(nn.Module):
         super().__init__()
         _check_reduction(reduction, self.name, region=True)
         _check_no_weight(weight, self.name)
-        self.smooth = _check_number("loss.smooth", smooth)
+        self.smooth = check_number("loss.smooth", smooth)
         # checked exact with ignored pixels: their probabilities and one-hot rows are multiplied by 0
         # before any sum, and a class is "present" from the masked target only
         self.dice = _smp_losses().DiceLoss("multiclass", smooth=self.smooth, ignore_index=IGNORE_INDEX)
@@ -205,11 +186,11 @@ class Focal(nn.Module):
         super().__init__()
         _check_reduction(reduction, self.name)
         self.reduction = reduction
-        self.gamma = _check_number("loss.gamma", gamma)
+        self.gamma = check_number("loss.gamma", gamma)
         # buffers: move with the module to the GPU; not persistent (rebuilt from the config)
-        self.register_buffer("weight", _class_factors("the class weights (module.class_weighting)", weight),
+        self.register_buffer("weight", class_factors("the class weights (module.class_weighting)", weight),
                              persistent=False)
-        self.register_buffer("alpha", _class_factors("loss.alpha", alpha), persistent=False)
+        self.register_buffer("alpha", class_factors("loss.alpha", alpha), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         _check_classes("loss.alpha", self.alpha, logits)
@@ -272,8 +253,8 @@ class CeDice(nn.Module):
                  ce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 0.0):
         super().__init__()
         _check_reduction(reduction, self.name)
-        self.ce_weight = _check_number("loss.ce_weight", ce_weight)
-        self.dice_weight = _check_number("loss.dice_weight", dice_weight)
+        self.ce_weight = check_number("loss.ce_weight", ce_weight)
+        self.dice_weight = check_number("loss.dice_weight", dice_weight)
         if self.ce_weight == 0 and self.dice_weight == 0:
             raise ConfigError("loss.ce_weight and loss.dice_weight are both 0: the loss would be 0; "
                               "set at least one > 0")

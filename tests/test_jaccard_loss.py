@@ -161,7 +161,7 @@ def test_it_trains(classes, w):
     (lambda: LogJaccard(jaccard_weight="0.3"), "loss.jaccard_weight must be a number"),
     (lambda: LogJaccard(classes="background"), "loss.classes must be one of \\('all', 'foreground'\\)"),
     (lambda: LogJaccard(eps=0), "loss.eps must be a number in \\(0, 1\\)"),
-    (lambda: LogJaccard(weight=[1.0, -1.0]), "class weights .* finite factor >= 0 per class"),
+    (lambda: LogJaccard(weight=[1.0, -1.0]), r"every entry of the class weights \(module.class_weighting\) must be a finite number >= 0"),
     (lambda: LogJaccard(classes="foreground")(*_batch(3)), "loss.classes=foreground .* predicts 3 classes"),
     (lambda: LogJaccard(weight=[1.0, 2.0])(*_batch(3)), "class weights .* have 2 entries .* predicts 3 classes"),
 ])
