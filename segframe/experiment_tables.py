@@ -61,6 +61,7 @@ def row(name: str, experiment: Any, result: dict[str, Any] | None) -> str:
                        f"{', '.join(_cell(v) for v in per_fold.values())}; spread {_cell(metrics[key]['spread'])})"
                        if per_fold else f" ({label} per seed: {seeds})")
         diff = "-" if metrics[key]["diff"] is None else f"{metrics[key]['diff']:+.2f}"
+        diff = diff if key == "miou" or diff == "-" else f"{key} {diff}"  # the column is headed mIoU
         diff += "".join(f" ({a['name']}: {a['diff'][key]:+.2f})" for a in also if a["diff"].get(key) is not None)
         # every metric compare() judged: the dataset-level ones and the per-image ones
         verdicts = [metrics[m]["within"] for m in metrics if metrics[m]["within"] is not None]

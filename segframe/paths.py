@@ -10,6 +10,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from segframe.folds import fold_split
+from segframe.task_choice import task_classes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
@@ -47,6 +48,9 @@ def register_resolvers() -> None:
     # `train_split: ${fold_split:train,${data.fold},${data.num_folds},NAME}`: data.fold=K picks a fold's splits
     if not OmegaConf.has_resolver("fold_split"):
         OmegaConf.register_new_resolver("fold_split", fold_split)
+    # `classes: ${task_classes:${data.task_classes},${data.task},NAME}`: data.task picks a task's classes
+    if not OmegaConf.has_resolver("task_classes"):
+        OmegaConf.register_new_resolver("task_classes", task_classes)
     # `--help` (conf/hydra/help/segframe.yaml): the user's own datasets beside the shipped ones
     if not OmegaConf.has_resolver("user_datasets"):
         OmegaConf.register_new_resolver("user_datasets", user_datasets)

@@ -14,10 +14,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "segframe"
 # lowest first; a module may import its own layer or a lower one. The first matching prefix wins.
 LAYERS = [
     ("foundation", ("errors", "paths", "atomic", "config", "commands", "metric_names", "host", "unknown_keys", "folds",
+                    "task_choice",
                     "progress")),
     ("data", ("data",)),
-    ("components", ("models", "losses", "jaccard_loss", "loss_args", "metrics", "inference", "crf", "schedules", "module", "speed",
-                    "speed_probe")),
+    ("components", ("models", "losses", "jaccard_loss", "loss_args", "metrics", "inference", "crf", "schedules", "module",
+                    "speed", "speed_probe")),
     ("run pieces", ("report", "model_card", "checkpoint", "checkpointing", "resume", "components", "experiments",
                     "experiment_tables", "exported", "run_files", "curves",
                     "progress_bar", "sweep_plot", "trackers")),

@@ -13,6 +13,8 @@ from PIL import Image
 
 from segframe.data.shards import read_manifest
 from segframe.data.sources import endovis2017
+from segframe.errors import ConfigError
+from segframe.evaluation import check_unseen
 
 from helpers.cli import ok, run_cli
 from helpers.config import compose, tiny
@@ -27,6 +29,21 @@ def test_the_config_names_the_converters_tasks_and_folds():
         assert list(data.classes) == entry["classes"] and data.num_classes == len(entry["classes"])
     folds = compose(["data=endovis2017"]).data.folds
     assert [list(f) for f in folds] == [[f"instrument_dataset_{n}" for n in fold] for fold in endovis2017.FOLDS]
+
+
+def test_a_task_the_dataset_lacks_is_named_with_the_ones_it_has():
+    for wrong in ("data.task=part", "data.task=null"):
+        with pytest.raises(Exception, match=r"endovis2017 has the tasks binary, parts, instruments; pass one"):
+            compose(["data=endovis2017", wrong]).data.classes
+
+
+def test_eval_refuses_a_default_split_the_checkpoint_trained_on():
+    trained = compose(["data=endovis2017", "data.fold=1"]).data  # validates on 2+5, trains on 1, 3, 4, 6, 7, 8
+    given = compose(["data=endovis2017"]).data  # data= again: its default fold 0 validates on 1+3
+    with pytest.raises(ConfigError, match=r"trained on \['instrument_dataset_1', 'instrument_dataset_3'\].*"
+                                          r"pass data.fold=1, the fold it was trained on"):
+        check_unseen("c.ckpt", dict(trained), given, given.val_split)
+    check_unseen("c.ckpt", dict(trained), trained, trained.val_split)  # its own fold: fine
 
 
 @pytest.mark.parametrize("fold", range(4))

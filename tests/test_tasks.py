@@ -105,6 +105,9 @@ def test_staleness_and_empty_classes_follow_the_task(converted, caplog):
     assert conversion_diff(manifest, OmegaConf.merge(other, {"classes": TASKS["shape"]["classes"]}),
                            source=CodeSource()) == []
     assert empty_in(view(manifest, "part"), manifest["splits"]) == (["p2"], 96)
+    before_tasks = {k: v for k, v in manifest.items() if k != "tasks"}  # a conversion from before tasks existed
+    assert conversion_diff(before_tasks, data, source=CodeSource()) == [
+        "it was converted without the per-task label maps data.task=part needs"]
     check_labelled(data, manifest, "a")  # p2 is empty: warned, and what is missing is the task's
     assert "data.task=part" in caplog.text and "'p2'" in caplog.text
 

@@ -64,6 +64,8 @@ def conversion_diff(manifest: dict[str, Any], data: Any, source: Any = None, raw
     training needs). Empty when it is current."""
     recorded = manifest.get("source") or {}
     lines = []
+    if data.get("task") and not manifest.get("tasks"):  # converted before this dataset's tasks existed
+        return [f"it was converted without the per-task label maps data.task={data.task} needs"]
     classes = view(manifest, data.get("task")).classes
     if classes != list(data.classes):
         task = f" for data.task={data.task}" if data.get("task") else ""

@@ -37,6 +37,7 @@ from PIL import Image
 
 from segframe.data.sample import IMAGE_FILE_EXTS, RawSample, SampleError
 from segframe.data.sources.files import fingerprint, read_file, require
+from segframe.data.tasks import view
 
 INSTRUMENTS = ("Bipolar Forceps", "Prograsp Forceps", "Large Needle Driver", "Vessel Sealer", "Grasping Retractor",
                "Monopolar Curved Scissors", "Other")
@@ -99,10 +100,8 @@ TASKS: dict[str, dict[str, Any]] = {
 
 
 def decode(stored: np.ndarray, task: str) -> np.ndarray:
-    """A stored mask (codes 0..39) -> the task's class ids, by TASKS[task]["map"]; other values -> 255."""
-    lut = np.full(256, 255, np.uint8)
-    lut[:NUM_STORED] = TASKS[task]["map"]
-    return lut[stored]
+    """A stored mask (codes 0..39) -> the task's class ids, as data.task reads it (segframe.data.tasks)."""
+    return view({"name": "endovis2017", "tasks": TASKS}, task).relabel(stored)
 
 
 def fold_splits() -> list[list[str]]:
