@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,9 +15,10 @@ from typing import NoReturn, TypeVar
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from segframe.atomic import write_text_atomic
+from segframe import errors
 from segframe.errors import LaunchError, SegframeError
 from segframe.unknown_keys import install as advise_on_unknown_keys
 
@@ -64,12 +66,18 @@ def run(job: Callable[[], T]) -> T:
 
 def _message(exc: BaseException) -> str:
     """What to print for a user error. Our own error raised while Hydra built a component is shown as
-    itself, naming the config node (Hydra's wrapping repeats it as a Python repr, quotes escaped)."""
+    itself, naming the config node (Hydra's wrapping repeats it as a Python repr, quotes escaped), and
+    one raised by a config resolver as itself."""
     text = str(exc)
     cause = exc.__cause__
     if isinstance(exc, InstantiationException) and isinstance(cause, SegframeError):
         node = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("full_key:")), "")
         return f"{cause}" + (f"\n(while building `{node}`)" if node else "")
+    if isinstance(exc, InterpolationResolutionError):  # our resolver's refusal (fold_split, task_classes)
+        raised = re.match(r"(\w+) raised while resolving interpolation: (.*)", text.splitlines()[0])
+        if raised and isinstance(getattr(errors, raised.group(1), None), type) \
+                and issubclass(getattr(errors, raised.group(1)), SegframeError):
+            return raised.group(2)  # it names the key and the fix already; OmegaConf keeps no __cause__
     if cause is not None and str(cause) not in text:
         text += f"\ncaused by: {cause}"
     return text

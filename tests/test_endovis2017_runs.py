@@ -126,3 +126,10 @@ def test_one_conversion_serves_every_task_through_train_eval_and_predict(convert
     assert len(masks) == len(list(frames.glob("*.png"))) > 0
     mask = np.asarray(Image.open(masks[0]))
     assert mask.shape == (1080, 1920) and int(mask.max()) < len(classes)  # the full test frame, the task's classes
+
+
+def test_the_command_line_prints_a_resolvers_refusal_as_itself(tmp_path):
+    res = run_cli("train", "data=endovis2017", "data.task=part", cwd=tmp_path)
+    assert res.returncode == 1
+    assert res.stderr.splitlines()[-2] == ("error: data.task='part': endovis2017 has the tasks binary, parts, "
+                                           "instruments; pass one, e.g. data.task=binary")
