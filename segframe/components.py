@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import LearningRateMonitor
 
-from segframe import crf, speed
+from segframe import crf, progress_bar, speed
 from segframe.commands import convert_command
 from segframe.config import ConfigError, plain
 from segframe.data.manifest import MANIFEST
@@ -55,8 +55,10 @@ def eval_speed_choice(trainer_cfg: DictConfig, ckpt: dict[str, Any], channels_la
 def trainer(trainer_cfg: DictConfig, run_dir: Path, callbacks: list, loggers: list | bool,
             plugins: list | None = None, precision: str | None = None) -> Any:
     """The Lightning Trainer of `trainer_cfg`, at `precision` when given (the run's speed choice),
-    else at the config's, with `auto` resolved."""
+    else at the config's, with `auto` resolved; its progress a line per epoch where stdout is not a
+    terminal (segframe.progress_bar), Lightning's bar where it is."""
     precision = precision or speed_choice(trainer_cfg).precision
+    callbacks = [*callbacks, *progress_bar.for_console(trainer_cfg.get("enable_progress_bar", True), callbacks)]
     return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir),
                        precision=precision, **({"plugins": plugins} if plugins else {}))
 

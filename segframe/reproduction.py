@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from segframe.errors import ConfigError
 from segframe.experiments import METRICS, load_experiment
+from segframe.progress import Eta, clock
 
 STAMP = "reproduce.json"  # in a run dir: the experiment, seed and overrides it was trained with
 EVALUATED_KEYS = ("init_from_md5", "eval_seconds_per_image")  # an evaluate-only run: which weights, how fast
@@ -88,6 +89,22 @@ def train_run(name: str, seed: int, out: Path, overrides: list[str], log: Any = 
             # (trainer.precision / module.channels_last, `auto` resolved); absent from runs made before they
             # were recorded
             **{k: metrics.get(k) for k in (*SIZE_KEYS, *EVALUATED_KEYS, "speed_knobs") if k in metrics}}
+
+
+def train_runs(name: str, seeds: list[int], folds: list[int | None], out: Path, overrides: list[str],
+               log: Any = print) -> list[dict[str, Any]]:
+    """train_run for every fold and seed, in that order, each announced with its place and the time
+    left at the mean time per run so far: `run 2/4 (tiny16, seed 1), 0:06:15 elapsed, ETA 0:18:45`."""
+    jobs = [(fold, seed) for fold in folds for seed in seeds]
+    eta, runs = Eta(len(jobs)), []
+    for k, (fold, seed) in enumerate(jobs):
+        where = f"{name}, seed {seed}" + (f", fold {fold}" if fold is not None else "")
+        left = eta.left(k)
+        log(f"run {k + 1}/{len(jobs)} ({where})" + (f", {clock(eta.elapsed())} elapsed, ETA {clock(left)}"
+                                                     if left is not None else ""))
+        runs.append(train_run(name, seed, out, overrides, log, fold=fold))
+    log(f"{len(jobs)} run(s) of {name} in {clock(eta.elapsed())}")
+    return runs
 
 
 def folds_to_run(text: str | None, overrides: list[str]) -> list[int | None]:

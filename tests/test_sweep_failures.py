@@ -35,18 +35,25 @@ def test_a_sweep_whose_runs_fail_exits_non_zero_and_says_why(tiny_shapes, tmp_pa
     assert [r["status"] for r in rows] == ["failed", "ok", "failed"]
     assert rows[0]["reason"] == "ValueError: Invalid learning rate: -1" and rows[1]["reason"] == ""
     summary = (sweep / "summary.md").read_text()
-    assert "failed: ValueError: Invalid learning rate: -2" in summary
+    assert "| 2 | -2 | failed: ValueError: Invalid learning rate: -2 |" in summary  # the varied lr, not every override
+    assert summary.startswith("| run | optimizer.lr | mIoU % |") and (sweep / "summary.png").stat().st_size > 0
     assert f"sweep summary: {sweep / 'summary.md'}" in res.stdout  # where to look, printed at the end
-    assert "2 of 3 runs failed" in res.stderr and "optimizer.lr=-2): ValueError: Invalid learning rate: -2" in res.stderr
+    assert "2 of 3 runs failed" in res.stderr  # each named by what set it apart, not by every override
+    assert "  run 2 (optimizer.lr=-2): ValueError: Invalid learning rate: -2" in res.stderr
     assert "Traceback" not in res.stderr
 
 
 def test_a_summary_names_a_run_that_recorded_nothing(tmp_path):
+    from segframe import sweep_plot
     from segframe.sweep import summarize
 
     (tmp_path / "0" / ".hydra").mkdir(parents=True)  # killed from outside: no metrics.json, no failure.txt
     (row,) = summarize(tmp_path)
     assert row["status"] == "failed" and "killed, or still running? see 0/*.log" in row["reason"]
+    (panel,) = sweep_plot.panels([row], [], "miou")  # nothing varied: the plot is over the runs
+    assert [(p.run, p.y, p.status) for p in panel.points] == [("0", None, "failed")]
+    legend = [t.get_text() for t in sweep_plot.draw([panel], "miou").legends[0].texts]
+    assert legend == ["failed (1): run 0"] and (tmp_path / "summary.png").stat().st_size > 0
 
 
 def test_a_job_that_cannot_compose_refuses_the_sweep_before_any_runs(tiny_shapes, tmp_path):

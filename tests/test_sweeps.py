@@ -227,3 +227,77 @@ def test_summary_names_optuna_best(tmp_path):
     rows = summarize(tmp_path)
     assert [r["best"] for r in rows] == ["", "*"]
     assert "optimizer.lr=1 -> 70.00 mIoU %" in (tmp_path / "summary.md").read_text()
+
+
+# --------------------------------------------------------------------------- summary.md / .csv / .png
+
+
+def _fabricate(sweep_dir: Path, runs: list[tuple[list[str], float | None]]) -> None:
+    """Run dirs as a sweep leaves them: .hydra/overrides.yaml, and metrics.json (a score) or failure.txt (None)."""
+    for i, (overrides, miou) in enumerate(runs):
+        run = sweep_dir / str(i)
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        if miou is None:
+            (run / "failure.txt").write_text(f"FloatingPointError: the loss is nan (run {i})\n")
+        else:
+            (run / "metrics.json").write_text(f'{{"miou": {miou}, "mdice": {miou / 2}}}')
+
+
+GRID = [(["model=fcn8s", f"optimizer.lr={lr}", "trainer.max_epochs=3"], miou)
+        for lr, miou in (("1e-4", 0.40), ("1e-3", 0.55), ("1e-1", None))] + \
+       [(["model=unet", "optimizer.lr=1e-3", "trainer.max_epochs=3"], 0.61)]
+
+
+def test_summary_md_shows_only_the_parameters_that_vary_and_the_csv_keeps_every_override(tmp_path):
+    _fabricate(tmp_path, GRID)
+    rows = summarize(tmp_path)
+    table = (tmp_path / "summary.md").read_text().splitlines()
+    assert table[0].startswith("| run | model | optimizer.lr | mIoU % | mDice % |")  # no trainer.max_epochs
+    assert table[2].startswith("| 0 | fcn8s | 1e-4 | 40.00 | 20.00 |")
+    assert table[4].startswith("| 2 | fcn8s | 1e-1 | failed: FloatingPointError: the loss is nan (run 2) |")
+    assert table[5].startswith("| 3 | unet | 1e-3 | 61.00 |") and table[5].endswith("| * |")
+    assert "Every run: `trainer.max_epochs=3`" in table  # said once, under the table
+    csv_rows = _rows(tmp_path)
+    assert list(csv_rows[0])[:4] == ["run", "overrides", "model", "optimizer.lr"]
+    assert csv_rows[2]["overrides"] == "model=fcn8s optimizer.lr=1e-1 trainer.max_epochs=3"  # nothing lost
+    assert (csv_rows[2]["optimizer.lr"], csv_rows[2]["status"]) == ("1e-1", "failed")
+    assert [r["best"] for r in rows] == ["", "", "", "*"]
+
+
+def test_summary_png_plots_the_metric_against_each_varied_parameter(tmp_path):
+    from PIL import Image
+
+    from segframe import sweep_plot
+    from segframe.sweep import varied_keys
+
+    _fabricate(tmp_path, GRID)
+    rows = summarize(tmp_path)
+    png = tmp_path / "summary.png"
+    assert png.stat().st_size > 10_000 and Image.open(png).size[0] >= 800  # two panels side by side
+    model, lr = sweep_plot.panels(rows, varied_keys([r["params"] for r in rows]), "miou")
+    assert (model.key, model.scale, model.categories) == ("model", "category", ["fcn8s", "unet"])
+    assert (lr.key, lr.scale) == ("optimizer.lr", "log")  # a learning rate: log axis
+    assert [(p.run, p.x, p.y, p.status, p.best) for p in lr.points][1] == ("1", 1e-3, pytest.approx(55.0), "ok", False)
+    assert [(p.x, p.y, p.status) for p in lr.points if p.status == "failed"] == [(0.1, None, "failed")]
+    fig = sweep_plot.draw([model, lr], "miou")
+    dots, star, failed = fig.axes[1].collections  # what the lr panel shows: runs, the best, the failed run
+    assert dots.get_offsets().ravel().tolist() == pytest.approx([1e-4, 40.0, 1e-3, 55.0, 1e-3, 61.0])
+    assert star.get_offsets().ravel().tolist() == pytest.approx([1e-3, 61.0]) and failed.get_offsets()[0][0] == 0.1
+    assert failed.get_offsets()[0][1] < 40.0  # below every score, not dropped
+    assert fig.axes[1].get_xscale() == "log" and "failed (1): run 2" in [t.get_text() for t in fig.legends[0].texts]
+
+
+def test_summary_png_axes_follow_the_values(tmp_path):
+    from segframe import sweep_plot
+
+    points = lambda key, values: [{"run": str(i), "status": "ok", "best": "", "miou": 0.5, "params": {key: v}}
+                                  for i, v in enumerate(values)]
+    scale = lambda key, values: sweep_plot.panels(points(key, values), [key], "miou")[0].scale
+    assert scale("optimizer.weight_decay", ["1e-5", "1e-4"]) == "log"
+    assert scale("optimizer.lr", ["0.01", "-1"]) == "log"  # a failed lr=-1 is drawn left of the others
+    assert scale("datamodule.batch_size", ["2", "400"]) == "log"  # more than 2 decades
+    assert scale("datamodule.batch_size", ["4", "8"]) == "linear"
+    assert scale("data.crop_size", ["[64,64]", "[96,96]"]) == "category"
+    nothing_varied = sweep_plot.panels(points("seed", ["0"]), [], "miou")  # one run: a panel over the runs
+    assert [(p.key, p.categories) for p in nothing_varied] == [("run", ["0"])]

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 from webdataset import TarWriter
 
 from segframe.atomic import write_text_atomic
@@ -31,6 +30,7 @@ from segframe.data.remote import refuse_write
 from segframe.data.sample import IGNORE_INDEX, encode_sample
 from segframe.data.sources import Source
 from segframe.errors import ConfigError, ConversionInProgress, SampleError
+from segframe.progress import track
 
 log = logging.getLogger("segframe")
 
@@ -174,9 +174,7 @@ def _write_splits(source: Source, items: dict[str, list[Any]], tmp: Path, name: 
             pixels = np.zeros(256, dtype=np.int64)
             bad_here = len(skipped)
             jobs = ((item, split, num_classes) for item in split_items)
-            for status, payload, extra in tqdm(
-                imap(_load_encode, jobs), total=len(split_items), desc=f"{name}/{split}", unit="img"
-            ):
+            for status, payload, extra in track(imap(_load_encode, jobs), len(split_items), f"{name}/{split}", "img"):
                 if status == "bad":
                     if on_bad == "error":
                         raise SampleError(f"{payload}\n(pass on_bad=skip to skip bad samples and list them in the manifest)")
