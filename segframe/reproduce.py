@@ -16,7 +16,7 @@ from pathlib import Path
 from segframe.errors import SegframeError
 from segframe.experiment_tables import comparison_text
 from segframe.experiments import compare, load_experiment, not_recorded, result_path, second_references, write_result
-from segframe.reproduction import folds_to_run, record, seeds_to_run, train_run
+from segframe.reproduction import folds_to_run, record, seeds_to_run, train_runs
 
 OPTIONS = ("experiment", "seeds", "folds", "out")  # reproduce's own; every other argument goes to train
 
@@ -36,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         experiment = load_experiment(name)
         reference = experiment.get("reference")
         seeds, folds = seeds_to_run(options.get("seeds"), reference), folds_to_run(options.get("folds"), overrides)
-        runs = [train_run(name, seed, Path(options.get("out", "outputs/reproduce")), overrides, fold=fold)
-                for fold in folds for seed in seeds]
+        runs = train_runs(name, seeds, folds, Path(options.get("out", "outputs/reproduce")), overrides)
     except SegframeError as exc:  # a bad argument, a parent_experiment cycle, a missing experiment file
         print(f"error: {exc}", file=sys.stderr)
         return 2

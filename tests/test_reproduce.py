@@ -89,6 +89,7 @@ def test_reproduce_trains_the_chain_records_and_judges(tmp_path):
     res = run_cli("reproduce", "experiment=tiny16", *common, cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "stage tiny32 has no finished run here yet; training it first" in res.stdout
+    assert "run 1/1 (tiny16, seed 0)" in res.stdout  # each run announced with its place (and the time left)
     parent_ckpt = next((tmp_path / "runs" / "tiny32" / "seed0" / "checkpoints").glob("best-*.ckpt"))
     config = OmegaConf.load(tmp_path / "runs" / "tiny16" / "seed0" / "config.yaml")
     assert config.model.init_from == str(parent_ckpt)  # the 16s stage started from the 32s weights
