@@ -107,32 +107,36 @@ def _ignored(key: str) -> bool:
 
 
 REFERENCE = re.compile(r"\$\{([\w.]+)\}")  # an interpolation naming another key
-ABSENT = object()  # a key one run's config lacks (a config from another version of segframe)
+ABSENT = object()  # a key one run's composed config lacks
 
 
 def differing_keys(runs: list[Run]) -> tuple[list[str], list[str]]:
-    """The config keys whose value is not the same in every run (absent counts as a value), in config order;
-    and apart from them, those that differ only through an interpolation of another key that differs (the
-    same `${...}` in every run, naming it)."""
+    """The config keys whose value is not the same in every run (absent counts as a value), in config order,
+    a node that is null in one run and set in another as one key (`reference`, not its every leaf); and
+    apart from them, those that differ only through an interpolation of another key that differs (the same
+    `${...}` in every run, naming it)."""
     keys = list(dict.fromkeys(k for run in runs for k in run.config))
-    differ = [k for k in keys if len({_show(run.config.get(k, ABSENT)) for run in runs}) > 1]
+    differ = [k for k in keys if len({value(run, k) for run in runs}) > 1]
+    differ = [k for k in differ if not any(k.startswith(node + ".") for node in differ)]
 
     def follows(key: str) -> bool:
-        value = runs[0].composed.get(key)
-        if not isinstance(value, str) or any(run.composed.get(key, ABSENT) != value for run in runs):
+        composed = runs[0].composed.get(key)
+        if not isinstance(composed, str) or any(run.composed.get(key, ABSENT) != composed for run in runs):
             return False
-        named = REFERENCE.findall(value)  # `${paths.data_dir}`, not a resolver's `${oc.env:...}`
+        named = REFERENCE.findall(composed)  # `${paths.data_dir}`, not a resolver's `${oc.env:...}`
         return any(d == ref or d.startswith(ref + ".") for ref in named for d in differ if d != key)
 
     derived = [k for k in differ if follows(k)]
     return [k for k in differ if k not in derived], derived
 
 
-def _show(value: Any) -> str:
-    """A config value as an override would write it (`0.001`, `true`, `null`, `[1.0]`); `-` when absent."""
-    if value is ABSENT:
-        return "-"
-    return value if isinstance(value, str) else json.dumps(value)
+def value(run: Run, key: str) -> str:
+    """The run's value of `key` as an override would write it (`0.001`, `true`, `null`, `[1.0]`); `{...}`
+    for a node with keys under it; `-` when the run's config has no such key."""
+    if key in run.config:
+        found = run.config[key]
+        return found if isinstance(found, str) else json.dumps(found)
+    return "{...}" if any(k.startswith(key + ".") for k in run.config) else "-"
 
 
 def _cell(text: str) -> str:
@@ -142,7 +146,7 @@ def _cell(text: str) -> str:
 def table(runs: list[Run], keys: list[str], metric: str, per_class: bool) -> str:
     """Markdown, one column per run: the differing keys, the summary metrics any run has (percent), per-class
     IoU with `per_class`, and the best run by `metric` marked."""
-    rows = [[k, *(_cell(_show(run.config.get(k, ABSENT))) for run in runs)] for k in keys]
+    rows = [[k, *(_cell(value(run, k)) for run in runs)] for k in keys]
     shown = [m for m in METRICS if any((run.metrics or {}).get(m) is not None for run in runs)]
     rows += [[SUMMARY_HEADERS[m], *(percent((run.metrics or {}).get(m)) for run in runs)] for m in shown]
     if per_class:
@@ -160,7 +164,7 @@ def table(runs: list[Run], keys: list[str], metric: str, per_class: bool) -> str
 
 def label(run: Run, keys: list[str]) -> str:
     """A legend label: the run's name and its values of `keys`, each value cut to MAX_VALUE characters."""
-    values = [_show(run.config.get(k, ABSENT)) for k in keys]
+    values = [value(run, k) for k in keys]
     text = ", ".join(f"{k}={v if len(v) <= MAX_VALUE else '...' + v[3 - MAX_VALUE:]}" for k, v in zip(keys, values))
     text = f"{run.name}: {text}" if text else run.name
     return text if len(text) <= MAX_LABEL else text[:MAX_LABEL - 3] + "..."
@@ -174,14 +178,16 @@ def validation_curve(run: Run, metric: str) -> tuple[list[int], list[float]]:
 
 def plot(runs: list[Run], keys: list[str], metric: str, path: Path) -> list[Run]:
     """Overlay each run's validation curve of `metric` in `path`, its best epoch marked, labelled by its values
-    of the `keys` that differ among the runs plotted; returns the runs without a curve (no CSV log, or no
-    validation). Nothing is written when no run has one."""
+    of the `keys` that differ among the runs plotted (those with the most distinct values first); returns the
+    runs without a curve (no CSV log, or no validation). Nothing is written when no run has one."""
     curves = {run.name: validation_curve(run, metric) for run in runs}
     missing = [run for run in runs if not curves[run.name][0]]
     if len(missing) == len(runs):
         return missing
     plotted = [run for run in runs if curves[run.name][0]]
-    keys = [k for k in keys if len({_show(run.config.get(k, ABSENT)) for run in plotted}) > 1]  # among those plotted
+    distinct = {k: len({value(run, k) for run in plotted}) for k in keys}  # among the runs plotted
+    # the keys that tell most runs apart first: a label too long for the legend loses the least telling ones
+    keys = sorted((k for k in keys if distinct[k] > 1), key=lambda k: -distinct[k])
     fig = Figure(figsize=(9, 5 + 0.22 * len(runs)))
     FigureCanvasAgg(fig)  # Agg: no display needed
     ax = fig.subplots()

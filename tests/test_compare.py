@@ -31,10 +31,11 @@ def configs():
 
 
 def fake_run(folder: Path, cfg, miou: float | None, curve: list[float] | None = None, resume: str | None = None,
-             data_dir: str | None = None) -> Path:
+             data_dir: str | None = None, reference: dict | None = None) -> Path:
     """A run directory as training leaves it; miou=None: a run that failed (no metrics.json, no config.yaml)."""
     cfg = cfg.copy()
     cfg.resume = resume
+    cfg.reference = reference
     with open_dict(cfg):  # as a config with Hydra's own node would have it
         cfg.hydra = {"run": {"dir": str(folder)}}
     if data_dir is not None:
@@ -127,6 +128,13 @@ def test_keys_that_follow_a_differing_key_through_an_interpolation_are_named_not
     assert "data.shard_dir" not in table_rows(out) and "datamodule.shard_dir" not in table_rows(out)
     assert "not shown, they follow the keys above through an interpolation: paths.raw_dir, datamodule.shard_dir, " \
            "data.shard_dir" in out
+
+
+def test_a_node_set_in_one_run_and_null_in_another_is_one_row(tmp_path, configs, capsys):
+    a = fake_run(tmp_path / "a", configs[0.003], 0.4, reference={"recipe": "x", "mean": {"miou": 70.0}})
+    b = fake_run(tmp_path / "b", configs[0.003], 0.4)
+    rows = table_rows(compare(capsys, str(a), str(b), f"output={tmp_path}"))
+    assert [k for k in rows if "." in k or k == "reference"] == ["reference"] and rows["reference"] == ["{...}", "null"]
 
 
 def test_a_key_set_from_the_environment_is_shown(tmp_path, configs, capsys, monkeypatch):
