@@ -1,6 +1,7 @@
 """Where a resumed run picks up: `resume=PATH|auto` turned into a checkpoint and the run directory it
 belongs to, and that run's CSV and TensorBoard logs continued without duplicates (what the killed
-process logged after its checkpoint is dropped: the resumed run logs it again). A run whose fit and
+process logged after its checkpoint is dropped: the resumed run logs it again), and its experiment
+tracker runs (MLflow, W&B) continued under the ids its directory recorded. A run whose fit and
 report are already done is left alone (`ResumePoint.finished`). A resume from inside an epoch says
 what segframe does about it, instead of Lightning's warning that the loader cannot resume
 (`mid_epoch_resume`).
@@ -31,6 +32,7 @@ from segframe.atomic import write_text_atomic
 from segframe.checkpointing import LAST, PARTIAL
 from segframe.errors import ResumeError
 from segframe.model_card import CARD
+from segframe.trackers.common import Tracker, flatten
 
 log = logging.getLogger("segframe")
 
@@ -173,12 +175,7 @@ def _clean(folder: Path) -> None:
 def config_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """`key: old -> new` for every setting that differs between the checkpoint's run and this one
     (`resume` itself aside)."""
-    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(d, dict):
-            return {prefix.rstrip("."): d}
-        return {k: v for key, value in d.items() for k, v in flat(value, f"{prefix}{key}.").items()}
-
-    old, new = flat(before), flat(now)
+    old, new = flatten(before), flatten(now)
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
             if k != "resume" and old.get(k) != new.get(k)]
 
@@ -209,13 +206,17 @@ class _ContinuedCSV(ExperimentWriter):
 
 
 def continue_logs(loggers: list[Any], resume: ResumePoint) -> None:
-    """Make the run's loggers append to its existing logs: CSV rows and TensorBoard events at the
-    checkpoint's step or later are dropped (TensorBoard: purge_step), since the resumed run logs them again."""
+    """Make the run's loggers continue its existing logs: CSV rows and TensorBoard events at the
+    checkpoint's step or later are dropped (TensorBoard: purge_step), since the resumed run logs them again;
+    an experiment tracker (MLflow, W&B) continues the tracker run the run directory recorded, where the
+    points the killed process logged after its checkpoint stay beside the ones logged again."""
     for logger in loggers:
         if isinstance(logger, CSVLogger):
             if rank_zero_only.rank == 0:  # the CSV logger writes from rank 0 only
                 logger._experiment = _ContinuedCSV(logger.log_dir, resume.step)
         elif isinstance(logger, TensorBoardLogger):
             logger._kwargs["purge_step"] = resume.step  # passed on to its SummaryWriter
+        elif isinstance(logger, Tracker):
+            logger.continue_run(resume.run_dir)
         else:
             log.info("%s: resumed runs start a new log there", type(logger).__name__)

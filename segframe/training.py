@@ -15,9 +15,10 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from segframe import components, speed
+from segframe import components, speed, trackers
 from segframe.checkpointing import EVALUATED, LAST, Requeued, RunClock, RunConfig, resumable
 from segframe.config import ConfigError, check_keys, plain
+from segframe.curves import write_curves
 from segframe.data.manifest import split_info
 from segframe.data.preparation import check_labelled, ensure_converted
 from segframe.model_card import write_model_card
@@ -45,6 +46,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     if resume is not None and resume.finished:  # its metrics, card and checkpoints stay byte for byte
         return float(json.loads((resume.run_dir / METRICS).read_text()).get("miou") or 0.0)
     run_dir = resume.run_dir if resume is not None else run_dir
+    loggers = trackers.build(cfg.get("logger"), run_dir)  # before any work: a tracker's missing extra stops here
     knobs = components.speed_choice(cfg.trainer, cfg.module.channels_last)  # may probe: before seeding
     moved = speed.changed_since(resume.speed_knobs, knobs) if resume is not None else None
     if moved:
@@ -64,9 +66,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     )
     ckpt_dir = run_dir / "checkpoints"
     best_cb, callbacks, plugins = resumable(ckpt_dir, cfg.seed, **plain(cfg.checkpoint))
-    loggers = [instantiate(c, save_dir=str(run_dir)) for c in cfg.logger.values()]
     if resume is not None:
-        continue_logs(loggers, resume)
+        continue_logs(loggers, resume)  # the same CSV and TensorBoard logs, the same tracker runs
+    trackers.begin(loggers, run_dir, config)
     clock = RunClock(cfg.datamodule.batch_size, start_step=resume.step if resume else 0)
     callbacks += [RunConfig(config, knobs.record()), clock,
                   *components.callbacks(cfg.get("callbacks"), logging=bool(loggers))]
@@ -113,6 +115,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     if not cfg.evaluate_only:  # the card describes a training run: its recipe, time and data
         write_model_card(run_dir, config, metrics, dm.manifest, dm.train_split, trainer.strategy.root_device.type,
                          trainer.world_size)
+    write_curves(run_dir)  # curves.png from the CSV log (of the whole run, when resumed); the trackers upload it
+    trackers.finish(loggers, run_dir, metrics, best)  # the final metrics and the report files, once all are written
     return float(metrics["miou"] or 0.0)
 
 
