@@ -48,8 +48,9 @@ def row(name: str, experiment: Any, result: dict[str, Any] | None) -> str:
         why = ref.get("not_reproduced", "not run yet")
         reproduced, diff, status, wall = f"not reproduced ({why})", "-", "-", "-"
     else:
-        # the first metric the reference names (mIoU for most; TernausNet's Jaccard for EndoVis 2017)
-        key = next((m for m in (*METRICS, *IMAGE_METRICS) if m in {**(ref.get("mean") or {}), **(ref.get("minimum") or {})}),
+        # mIoU, or TernausNet's Jaccard for a reference judged by it alone (EndoVis 2017)
+        named = {**(ref.get("mean") or {}), **(ref.get("minimum") or {})}
+        key = next((m for m in IMAGE_GROUPS["TernausNet per image Jaccard / Dice"] if m in named and "miou" not in named),
                    "miou")
         label = {"miou": "mIoU"}.get(key, key)
         seeds = ", ".join(_cell(v) for v in metrics[key]["per_seed"])

@@ -76,7 +76,7 @@ def view(manifest: Mapping[str, Any], task: str | None) -> View:
         if tasks:
             raise ConfigError(f"{name} serves several tasks from one conversion: choose one with data.task=NAME "
                               f"(one of {sorted(tasks)})")
-        return View(None, list(manifest["classes"]), [list(c) for c in manifest["palette"]])
+        return View(None, list(manifest["classes"]), [list(c) for c in manifest.get("palette") or []])
     if task not in tasks:
         has = f"it was converted with tasks {sorted(tasks)}" if tasks else "its conversion has no tasks"
         raise ConfigError(f"data.task={task!r}: {has}")
