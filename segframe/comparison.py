@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from segframe import run_files
+from segframe.config import flatten
 from segframe.curves import per_epoch, read_log
 from segframe.errors import ConfigError, MissingFileError
 from segframe.metric_names import SUMMARY_HEADERS, anchor_image_keys, image_summary_keys, percent, summary_keys
@@ -82,14 +83,6 @@ def _expand(path: Path, skipped: list[str]) -> list[Path] | None:
         return [path.resolve()]
     inside = [p.resolve() for p in path.iterdir() if run_files.is_run(p)]
     return sorted(inside, key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name)) or None
-
-
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """{"optimizer.lr": 0.01, ...}: nested dicts become dotted keys; a list stays one value."""
-    if not isinstance(node, dict) or not node:
-        return {prefix: node} if prefix else {}
-    return {k: v for key, value in node.items()
-            for k, v in flatten(value, f"{prefix}.{key}" if prefix else str(key)).items()}
 
 
 def load(paths: list[Path]) -> list[Run]:

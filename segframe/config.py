@@ -32,3 +32,12 @@ def check_keys(cfg: DictConfig, primary: str) -> None:
             f"unknown config key(s) {unknown} for `python -m segframe.{primary}`; known top-level keys: "
             f"{sorted(known)}. Check the spelling; `--cfg job` prints the composed config."
         )
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested plain config as dotted keys ({"optimizer.lr": 0.01, ...}): a list stays one value, and
+    so does an empty mapping ({}). The one flattening of resume, the trackers and compare."""
+    if not isinstance(node, dict) or not node:
+        return {prefix: node} if prefix else {}
+    return {k: v for key, value in node.items()
+            for k, v in flatten(value, f"{prefix}.{key}" if prefix else str(key)).items()}

@@ -29,10 +29,11 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from segframe.atomic import write_text_atomic
+from segframe.config import flatten
 from segframe.checkpointing import LAST, PARTIAL
 from segframe.errors import ResumeError
 from segframe.model_card import CARD
-from segframe.trackers.common import Tracker, flatten
+from segframe.trackers.common import Tracker
 
 log = logging.getLogger("segframe")
 

@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from segframe.atomic import write_text_atomic
+from segframe.config import flatten
 from segframe.errors import ConfigError
 
 IDS = "trackers.json"  # in the run directory: {"mlflow": {"run_id": ...}, "wandb": {"id": ...}}
@@ -97,16 +98,9 @@ def current_job() -> Job:
     return Job(overrides, str(Path(hydra.sweep.dir).absolute()), int(hydra.job.num))
 
 
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config as `a.b.c: value` pairs (a list stays one value, an empty mapping adds nothing)."""
-    if not isinstance(node, dict):
-        return {prefix.rstrip("."): node}
-    return {k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
-
-
 def params(config: dict[str, Any]) -> dict[str, str]:
     """The run config as tracker parameters: flat dotted keys, values as text."""
-    return {k: str(v) for k, v in flatten(config).items()}
+    return {k: str(v) for k, v in flatten(config).items() if v != {}}  # an empty section is no parameter
 
 
 def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
