@@ -23,6 +23,7 @@ from segframe.errors import ConfigError, MissingFileError, SampleError
 from segframe.exported import ExportedModel, is_exported, load_exported
 from segframe.inference import check_options, infer
 from segframe.models.base import to_input
+from segframe.progress import track
 
 
 def list_inputs(spec: str) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -91,7 +92,8 @@ def predict_files(module: Any, files: list[Path], out_dir: Path, alpha: float = 
     module.eval().to(device)
     failed: list[tuple[str, str]] = []
     written = 0
-    for path, name in tqdm(list(zip(files, _output_names(files))), desc="predict", unit="img"):
+    pairs = list(zip(files, _output_names(files)))
+    for path, name in track(pairs, len(pairs), "predict", "img"):  # a bar in a terminal, a few lines elsewhere
         try:
             image = decode_image(path.read_bytes(), str(path), exif_transpose=True)
             batch = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].to(device)

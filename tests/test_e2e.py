@@ -156,6 +156,7 @@ def test_convert_cli_and_verify(tmp_path):
     res = run_cli("convert", *args, "verify=true", cwd=tmp_path)
     _ok(res)
     assert "OK" in res.stdout
+    assert "\r" not in res.stdout + res.stderr  # not a terminal: progress as lines, not a redrawn bar
     shard = tmp_path / "shapes" / "train-000000.tar"
     data = bytearray(shard.read_bytes())
     data[700] ^= 1
@@ -207,6 +208,7 @@ def test_predict_a_folder_with_a_corrupt_file(trained, tmp_path):
                   "eval.flip=true", f"hydra.run.dir={tmp_path / 'run'}")
     _ok(res)
     assert "wrote 3 prediction(s)" in res.stdout and "broken.jpg" in res.stdout and "skipped 1" in res.stdout
+    assert "\r" not in res.stdout + res.stderr  # not a terminal: progress as lines, not a redrawn bar
     for i in range(3):
         with Image.open(out / f"p{i}_mask.png") as mask:
             assert mask.mode == "P" and mask.size == (40, 40)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
 from webdataset.tariterators import base_plus_ext
 
 from segframe.commands import convert_command_for
@@ -26,6 +25,7 @@ from segframe.data.manifest import read_manifest
 from segframe.data.remote import is_remote, locate, open_stream
 from segframe.data.sample import decode_sample
 from segframe.errors import RemoteError, SampleError
+from segframe.progress import track
 
 _META = re.compile(r"__[^/]*__($|/)")  # WebDataset's metadata entries (e.g. __index__), never samples
 
@@ -224,7 +224,7 @@ def verify(shard_dir: str | os.PathLike, convert_hint: str = "") -> list[str]:
     problems: list[str] = []
     for split, info in manifest["splits"].items():
         total = 0
-        for shard in tqdm(info["shards"], desc=f"verify {split}", unit="shard"):
+        for shard in track(info["shards"], len(info["shards"]), f"verify {split}", "shard"):
             count, found = _verify_shard(locate(shard_dir, shard["name"]), shard, len(manifest["classes"]))
             total, problems = total + count, problems + found
         if total != info["num_samples"]:
