@@ -69,55 +69,57 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     if resume is not None:
         continue_logs(loggers, resume)  # the same CSV and TensorBoard logs, the same tracker runs
     trackers.begin(loggers, run_dir, config)
-    clock = RunClock(cfg.datamodule.batch_size, start_step=resume.step if resume else 0)
-    callbacks += [RunConfig(config, knobs.record()), clock,
-                  *components.callbacks(cfg.get("callbacks"), logging=bool(loggers))]
-    trainer = components.trainer(cfg.trainer, run_dir, callbacks, loggers or False, plugins, knobs.precision)
-    split = cfg.eval.split
-    if cfg.evaluate_only:
-        best, fit = str(ckpt_dir / EVALUATED), {"fit_seconds": 0.0, "fit_seconds_per_process": [],
-                                                "fit_processes": 0, "train_images": 0}
-        # the file and its digest before the evaluation: a warning about it comes first, not after it
-        weights = evaluated_weights(cfg.model.init_from, (cfg.get("reference") or {}).get("weights_md5"))
-        start = time.time()
-        log.info("evaluate_only: evaluating the weights of %s on split %s", weights["init_from"], split)
-        trainer.test(module, datamodule=dm, verbose=False)
-        eval_seconds = time.time() - start
-        trainer.save_checkpoint(best)  # the weights as evaluated, as a checkpoint eval, predict and export take
-    else:
-        try:
-            with mid_epoch_resume(resume):
-                trainer.fit(module, datamodule=dm, ckpt_path=str(resume.path) if resume else None)
-        except Requeued as exc:  # SLURM will start this same command again; resume=auto picks it up
-            log.warning("%s; stopping here", exc)
+    with trackers.failing(loggers):  # an error from here on ends the tracker runs as failed
+        clock = RunClock(cfg.datamodule.batch_size, start_step=resume.step if resume else 0)
+        callbacks += [RunConfig(config, knobs.record()), clock,
+                      *components.callbacks(cfg.get("callbacks"), logging=bool(loggers))]
+        trainer = components.trainer(cfg.trainer, run_dir, callbacks, loggers or False, plugins, knobs.precision)
+        split = cfg.eval.split
+        if cfg.evaluate_only:
+            best, fit = str(ckpt_dir / EVALUATED), {"fit_seconds": 0.0, "fit_seconds_per_process": [],
+                                                    "fit_processes": 0, "train_images": 0}
+            # the file and its digest before the evaluation: a warning about it comes first, not after it
+            weights = evaluated_weights(cfg.model.init_from, (cfg.get("reference") or {}).get("weights_md5"))
+            start = time.time()
+            log.info("evaluate_only: evaluating the weights of %s on split %s", weights["init_from"], split)
+            trainer.test(module, datamodule=dm, verbose=False)
+            eval_seconds = time.time() - start
+            trainer.save_checkpoint(best)  # the weights as evaluated, as a checkpoint eval, predict and export take
+        else:
+            try:
+                with mid_epoch_resume(resume):
+                    trainer.fit(module, datamodule=dm, ckpt_path=str(resume.path) if resume else None)
+            except Requeued as exc:  # SLURM will start this same command again; resume=auto picks it up
+                log.warning("%s; stopping here", exc)
+                return float("nan")
+            fit = clock.record()
+            best = best_cb.best_model_path or str(ckpt_dir / LAST)
+            log.info("evaluating %s on split %s", best, split)
+            trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
+        if not trainer.is_global_zero:
             return float("nan")
-        fit = clock.record()
-        best = best_cb.best_model_path or str(ckpt_dir / LAST)
-        log.info("evaluating %s on split %s", best, split)
-        trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
-    if not trainer.is_global_zero:
-        return float("nan")
-    examples = predict_examples(module, dm.eval_dataloader(split), cfg.report.num_images) \
-        if cfg.report.num_images > 0 else None
-    # `fit`: the whole run's, over its processes (RunClock): a resumed process adds its own to what its
-    # checkpoint carried, and steps that a killed process lost and the next one trained again count once
-    info = {"dataset": dm.manifest["name"], "split": split, "checkpoint": str(best),
-            "num_samples": split_info(dm.manifest, split, dm.shard_dir)["num_samples"], "inference": module.inference,
-            **fit, "epochs": trainer.current_epoch, "steps": trainer.global_step,
-            "resumed_from": str(resume.path) if resume else None,
-            "train_images_per_s": round(fit["train_images"] / max(fit["fit_seconds"], 1e-9), 2),
-            "speed_knobs": knobs.record(), **components.model_size(module.model, cfg.data.crop_size)}
-    if cfg.evaluate_only:
-        info.update(weights, eval_seconds=round(eval_seconds, 1),
-                    eval_seconds_per_image=round(eval_seconds / max(info["num_samples"], 1), 3))
-    metrics = finish_run(run_dir, cfg, module.last_confmat["test"], module.last_image_scores.get("test"), dm.classes,
-                         dm.palette, info, examples)
-    if not cfg.evaluate_only:  # the card describes a training run: its recipe, time and data
-        write_model_card(run_dir, config, metrics, dm.manifest, dm.train_split, trainer.strategy.root_device.type,
-                         trainer.world_size)
-    write_curves(run_dir)  # curves.png from the CSV log (of the whole run, when resumed); the trackers upload it
-    trackers.finish(loggers, run_dir, metrics, best)  # the final metrics and the report files, once all are written
-    return float(metrics["miou"] or 0.0)
+        examples = predict_examples(module, dm.eval_dataloader(split), cfg.report.num_images) \
+            if cfg.report.num_images > 0 else None
+        # `fit`: the whole run's, over its processes (RunClock): a resumed process adds its own to what its
+        # checkpoint carried, and steps that a killed process lost and the next one trained again count once
+        info = {"dataset": dm.manifest["name"], "split": split, "checkpoint": str(best),
+                "num_samples": split_info(dm.manifest, split, dm.shard_dir)["num_samples"],
+                "inference": module.inference,
+                **fit, "epochs": trainer.current_epoch, "steps": trainer.global_step,
+                "resumed_from": str(resume.path) if resume else None,
+                "train_images_per_s": round(fit["train_images"] / max(fit["fit_seconds"], 1e-9), 2),
+                "speed_knobs": knobs.record(), **components.model_size(module.model, cfg.data.crop_size)}
+        if cfg.evaluate_only:
+            info.update(weights, eval_seconds=round(eval_seconds, 1),
+                        eval_seconds_per_image=round(eval_seconds / max(info["num_samples"], 1), 3))
+        metrics = finish_run(run_dir, cfg, module.last_confmat["test"], module.last_image_scores.get("test"),
+                             dm.classes, dm.palette, info, examples)
+        if not cfg.evaluate_only:  # the card describes a training run: its recipe, time and data
+            write_model_card(run_dir, config, metrics, dm.manifest, dm.train_split, trainer.strategy.root_device.type,
+                             trainer.world_size)
+        write_curves(run_dir)  # curves.png from the CSV log (of the whole run, when resumed); the trackers upload it
+        trackers.finish(loggers, run_dir, metrics, best)  # the final metrics and the report files, once all are written
+        return float(metrics["miou"] or 0.0)
 
 
 def evaluated_weights(path: str, expected_md5: str | None) -> dict[str, str]:

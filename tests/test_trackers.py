@@ -198,3 +198,17 @@ def test_a_resumed_run_continues_its_mlflow_and_wandb_runs(tiny_shapes, tmp_path
     last = folders[-1]
     assert wandb_summary(last / f"run-{ids['wandb']['id']}.wandb", "final/miou") == pytest.approx(reported["miou"])
     assert json.loads((last / "files" / "metrics.json").read_text())["miou"] == reported["miou"]
+
+
+def test_an_error_after_the_runs_began_ends_them_as_failed(tmp_path, store, offline_wandb):
+    from mlflow.tracking import MlflowClient
+
+    from segframe import trackers
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    loggers = trackers.build(compose(["logger=mlflow", f"logger.mlflow.local_store={store}"]).logger, run_dir)
+    trackers.begin(loggers, run_dir, {"optimizer": {"lr": 0.1}})
+    with pytest.raises(RuntimeError, match="boom"), trackers.failing(loggers):
+        raise RuntimeError("boom")  # e.g. the report failing after training
+    assert MlflowClient(loggers[0]._tracking_uri).get_run(loggers[0].run_id).info.status == "FAILED"

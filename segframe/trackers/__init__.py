@@ -8,6 +8,8 @@ first; `begin` starts the tracker runs before training; `finish` ends them after
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from segframe.trackers.common import Tracker
 from segframe.trackers.mlflow_run import MLflowTracker
 from segframe.trackers.wandb_run import WandbTracker
 
-__all__ = ["MLflowTracker", "Tracker", "WandbTracker", "begin", "build", "finish"]
+__all__ = ["MLflowTracker", "Tracker", "WandbTracker", "begin", "build", "failing", "finish"]
 
 
 def build(logger_cfg: DictConfig | None, run_dir: Path) -> list[Any]:
@@ -40,3 +42,17 @@ def finish(loggers: list[Any], run_dir: Path, metrics: dict[str, Any], checkpoin
     for logger in loggers:
         if isinstance(logger, Tracker):
             logger.finish(run_dir, metrics, checkpoint)
+
+
+@contextlib.contextmanager
+def failing(loggers: list[Any]) -> Iterator[None]:
+    """Inside: an error (in training, the evaluation, the report) ends every tracker run as failed
+    before it propagates, so that no run is left RUNNING in the tracker."""
+    try:
+        yield
+    except BaseException:
+        for logger in loggers:
+            if isinstance(logger, Tracker):
+                with contextlib.suppress(Exception):  # the run's own error is the one to report
+                    logger.finalize("failed")
+        raise
