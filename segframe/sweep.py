@@ -24,7 +24,6 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from segframe import sweep_plot
 from segframe.cli import FAILURE, fail
@@ -343,6 +342,3 @@ def export_submitit_local_ranks() -> None:
     job = int(env.get("SUBMITIT_LOCAL_JOB_ID") or 0)  # the job's controller pid, shared by its tasks
     env.update(LOCAL_RANK=env["SUBMITIT_LOCAL_LOCALID"], NODE_RANK="0", WORLD_SIZE=env["SUBMITIT_LOCAL_NTASKS"],
                MASTER_ADDR="127.0.0.1", MASTER_PORT=env.get("MASTER_PORT") or str(20000 + job % 10000))  # below the ephemeral ports
-    # Lightning read the rank when it was imported, before these existed: rank-zero-only work before the
-    # Trainer is built (the trackers' runs, resume) must see this task's rank, not 0
-    rank_zero_only.rank = int(env["LOCAL_RANK"])

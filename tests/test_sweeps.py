@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
-
-from segframe.sweep import LaunchError, check_sweep, check_trainer, export_submitit_local_ranks, summarize
+from segframe.sweep import LaunchError, check_sweep, check_trainer, summarize
 
 from helpers.cli import ok as _ok, run_cli
 from helpers.config import TINY_ON_TINY_SHAPES, compose, tiny
@@ -304,16 +302,3 @@ def test_summary_png_axes_follow_the_values(tmp_path):
     nothing_varied = sweep_plot.panels(points("seed", ["0"]), [], "miou")  # one run: a panel over the runs
     assert [(p.key, p.categories) for p in nothing_varied] == [("run", ["0"])]
 
-
-def test_a_submitit_local_task_takes_its_rank_before_lightning_builds_anything(monkeypatch):
-    """The trackers' runs are begun (rank zero only) before the Trainer exists: the second task of a job
-    must not think it is rank 0 and open a second tracker run."""
-    for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
-    monkeypatch.setenv("SUBMITIT_LOCAL_NTASKS", "2")
-    monkeypatch.setenv("SUBMITIT_LOCAL_LOCALID", "1")
-    monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", "4242")
-    monkeypatch.setattr(rank_zero_only, "rank", 0)
-    export_submitit_local_ranks()
-    assert os.environ["LOCAL_RANK"] == "1" and os.environ["WORLD_SIZE"] == "2" and rank_zero_only.rank == 1
