@@ -15,9 +15,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from segframe.cli import run
-from segframe.comparison import compare
-from segframe.errors import ConfigError
+from segframe.core.cli import run
+from segframe.core.errors import ConfigError
+from segframe.experiments.comparison import compare
 
 OPTIONS = ("per_class", "metric", "output")
 BOOLEAN = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}

@@ -5,14 +5,14 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from segframe import paths
-from segframe.cli import run
+from segframe.core import paths
+from segframe.core.cli import run
 
 
 @hydra.main(config_path=str(paths.CONF_DIR), config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     # imported here, not above: `--help` and `--cfg job` answer without loading torch and onnx
-    from segframe.exporting import export
+    from segframe.deploy.exporting import export
 
     code = run(lambda: export(cfg))
     if code:

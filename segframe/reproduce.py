@@ -13,10 +13,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from segframe.errors import SegframeError
-from segframe.experiment_tables import comparison_text
-from segframe.experiments import compare, load_experiment, not_recorded, result_path, second_references, write_result
-from segframe.reproduction import folds_to_run, record, seeds_to_run, train_runs
+from segframe.core.errors import SegframeError
+from segframe.experiments.library import (compare, load_experiment, not_recorded, result_path, second_references,
+                                          write_result)
+from segframe.experiments.reproduction import folds_to_run, record, seeds_to_run, train_runs
+from segframe.experiments.tables import comparison_text
 
 OPTIONS = ("experiment", "seeds", "folds", "out")  # reproduce's own; every other argument goes to train
 

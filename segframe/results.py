@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import sys
 
+from segframe.core.paths import REPO_ROOT
+
 # row, table, comparison_table and render: the library's, importable from here as before
-from segframe.experiment_tables import comparison_table, render, render_all, row, table
-from segframe.paths import REPO_ROOT
+from segframe.experiments.tables import comparison_table, render, render_all, row, table
 
 __all__ = ["comparison_table", "main", "render", "row", "table"]
 

@@ -3,7 +3,7 @@
 With `-m` (multirun) each value combination is one run; the sweep directory gets a
 summary table of every run's overrides and metrics when the sweep ends. Launchers
 (hydra/launcher=joblib, slurm, submitit_local), an Optuna search (hparams_search=optuna_lr_wd)
-and which multi-GPU layouts a sweep can use: segframe/sweep.py and README "Sweeps".
+and which multi-GPU layouts a sweep can use: segframe/experiments/sweep.py and README "Sweeps".
 """
 
 from pathlib import Path
@@ -13,15 +13,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from segframe import paths
-from segframe.cli import run
+from segframe.core import paths
+from segframe.core.cli import run
 
 
 @hydra.main(config_path=str(paths.CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     # imported here, not above: `--help` and `--cfg job` answer without loading torch and Lightning
-    from segframe import sweep
-    from segframe.training import train
+    from segframe.engine.training import train
+    from segframe.experiments import sweep
 
     def job() -> float:
         sweep.export_submitit_local_ranks()  # a submitit_local task is one of its job's processes

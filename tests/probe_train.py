@@ -18,8 +18,8 @@ import time
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from segframe import checkpointing  # noqa: E402
-from segframe.module import SegModule  # noqa: E402
+from segframe.engine import checkpointing  # noqa: E402
+from segframe.engine.module import SegModule  # noqa: E402
 
 _training_step = SegModule.training_step
 _log = open(os.environ["PROBE_LOG"], "a") if os.environ.get("PROBE_LOG") else None

@@ -1,4 +1,4 @@
-"""The Python API (segframe.api): `load_model` on a checkpoint, every input type, probabilities,
+"""The Python API (segframe.deploy.api): `load_model` on a checkpoint, every input type, probabilities,
 test-time options, refusals."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from PIL import Image
 
 from helpers.checkpoints import CLASSES, PALETTE, small_fcn_checkpoint
 from segframe import load_model
-from segframe.errors import ConfigError, InputError, MissingFileError, SegframeError
+from segframe.core.errors import ConfigError, InputError, MissingFileError, SegframeError
 
 H, W = 37, 53  # odd sizes: not a multiple of the model's stride
 
@@ -137,7 +137,7 @@ EXPORT_OPTIONS = {"outputs": "logits", "input": "float", "exporter": "torchscrip
 def test_exported_graph_predicts_like_its_checkpoint(model, ckpt, tmp_path, fmt, name):
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
-    from segframe.exporting import export_checkpoint
+    from segframe.deploy.exporting import export_checkpoint
 
     graph = tmp_path / name
     export_checkpoint(str(ckpt), fmt, graph, EXPORT_OPTIONS)
@@ -151,7 +151,7 @@ def test_exported_graph_predicts_like_its_checkpoint(model, ckpt, tmp_path, fmt,
 
 
 def test_exported_labels_graph_gives_masks_only(model, ckpt, tmp_path):
-    from segframe.exporting import export_checkpoint
+    from segframe.deploy.exporting import export_checkpoint
 
     graph = tmp_path / "labels.ts"
     export_checkpoint(str(ckpt), "torchscript", graph, {**EXPORT_OPTIONS, "outputs": "labels"})

@@ -18,8 +18,8 @@ from PIL import Image
 from helpers.cli import ok, run_cli
 from helpers.config import compose, tiny
 from segframe.compare import main
-from segframe.comparison import IGNORED, load, validation_curve
-from segframe.curves import curve_data, write_curves
+from segframe.experiments.comparison import IGNORED, load, validation_curve
+from segframe.evaluation.curves import curve_data, write_curves
 
 CLASSES = ("background", "circle")
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from helpers.config import compose
 
-from segframe import components, crf
+from segframe.engine import components
+
+from segframe.evaluation import crf
 
 
 def _names(callbacks) -> list[str]:

@@ -7,8 +7,8 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from segframe.paths import CONF_DIR, EXPERIMENTS_DIR
-from segframe.config import ConfigError, check_keys
+from segframe.core.paths import CONF_DIR, EXPERIMENTS_DIR
+from segframe.core.config import ConfigError, check_keys
 
 from helpers.cli import run_cli
 from helpers.config import compose

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from segframe import crf
-from segframe.errors import ConfigError
-from segframe.inference import check_options, infer
+from segframe.evaluation import crf
+from segframe.core.errors import ConfigError
+from segframe.evaluation.inference import check_options, infer
 
 NEEDS_CRF = pytest.mark.skipif(crf.available() is not None, reason="the crf extra (pydensecrf2) is not installed: "
                                "pip install \"segframe[crf]\"")

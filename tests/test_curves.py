@@ -1,4 +1,4 @@
-"""curves.png (segframe/curves.py): built from the numbers in the run's CSV log, also for a resumed run
+"""curves.png (segframe/evaluation/curves.py): built from the numbers in the run's CSV log, also for a resumed run
 whose log repeats steps, and no picture (without a crash) where the log or its validation is missing."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from PIL import Image
 
 from helpers.cli import ok, run_cli
 from helpers.config import tiny
-from segframe.curves import curve_data, read_log, smooth, write_curves
+from segframe.evaluation.curves import curve_data, read_log, smooth, write_curves
 
 # the columns Lightning's CSVLogger writes for a segframe run (a subset: the per-class IoUs left out)
 COLUMNS = ["epoch", "lr-AdamW/pg1", "lr-AdamW/pg2", "step", "test/miou", "train/loss_epoch", "train/loss_step",

@@ -132,7 +132,7 @@ def test_lightning_fit_reshuffles_every_epoch(tiny_shapes, monkeypatch):
     import pytorch_lightning as pl
 
     from segframe.models.fcn import FCN
-    from segframe.module import SegModule
+    from segframe.engine.module import SegModule
 
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     seen: list[int] = []

@@ -18,7 +18,7 @@ from helpers.cli import ok, run_cli
 from PIL import Image
 
 from segframe import load_model
-from segframe.errors import CheckpointError, ConfigError, ExportError, InputError
+from segframe.core.errors import CheckpointError, ConfigError, ExportError, InputError
 
 pytest.importorskip("onnxruntime")
 
@@ -29,7 +29,7 @@ OPTS = {"outputs": "logits", "input": "float", "opset": None, "exporter": "torch
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     """Two checkpoints (a, b) and ONNX graphs of a: logits, labels, uint8 input; and logits of b."""
-    from segframe.exporting import export_checkpoint
+    from segframe.deploy.exporting import export_checkpoint
 
     folder = tmp_path_factory.mktemp("deploy")
     threads = torch.get_num_threads()
@@ -100,7 +100,7 @@ def test_predict_names_a_broken_file_once_and_says_why_without_a_memory_address(
     ("other", "logits", "the graph's sha256 is .* but the sidecar was written for a graph with"),
 ])
 def test_a_graph_with_a_sidecar_not_its_own_is_refused_naming_both(made, tmp_path, graph, sidecar, says):
-    from segframe.exported import load_exported
+    from segframe.deploy.exported import load_exported
 
     target = _pair(made, tmp_path, graph, sidecar)
     with pytest.raises(ExportError, match=says) as caught:
@@ -123,14 +123,14 @@ def test_predict_refuses_the_pair_before_any_image(made, tmp_path):
 
 def test_an_export_records_the_graph_hash_and_an_old_sidecar_without_it_still_loads(made, tmp_path, caplog):
     from segframe.data.manifest import sha256_file
-    from segframe.exported import load_exported
+    from segframe.deploy.exported import load_exported
 
     side = json.loads(made["logits"].with_name("logits.onnx.json").read_text())
     assert side["graph_sha256"] == sha256_file(made["logits"])
     target = _pair(made, tmp_path, "logits", "logits")
     del side["graph_sha256"]  # as segframe wrote sidecars before the hash
     (tmp_path / "model.onnx.json").write_text(json.dumps(side))
-    with caplog.at_level(logging.WARNING, logger="segframe.exported"):
+    with caplog.at_level(logging.WARNING, logger="segframe.deploy.exported"):
         model = load_exported(target)
     assert (model.outputs, model.num_classes) == ("logits", 3)
     assert "records no graph_sha256" in caplog.text and "python -m segframe.export" in caplog.text
@@ -202,7 +202,7 @@ def test_eval_of_an_exported_graph_asks_for_the_training_checkpoint(made, tmp_pa
 
 
 def test_checkpoint_loading_never_passes_on_torchs_weights_only_advice(made, tmp_path):
-    from segframe.checkpoint import load_checkpoint
+    from segframe.engine.checkpoint import load_checkpoint
 
     renamed = tmp_path / "model.ckpt"  # an ONNX graph under a checkpoint's name: told by its first bytes
     shutil.copy(made["logits"], renamed)

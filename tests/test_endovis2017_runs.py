@@ -13,8 +13,8 @@ from PIL import Image
 
 from segframe.data.shards import read_manifest
 from segframe.data.sources import endovis2017
-from segframe.errors import ConfigError
-from segframe.evaluation import check_unseen
+from segframe.core.errors import ConfigError
+from segframe.engine.evaluating import check_unseen
 
 from helpers.cli import ok, run_cli
 from helpers.config import compose, tiny

@@ -12,11 +12,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from helpers.config import compose as compose_config
-from segframe import errors
-from segframe.cli import run, user_error
+from segframe.core import errors
+from segframe.core.cli import run, user_error
 from segframe.data.manifest import FORMAT, FORMAT_VERSION, MANIFEST
 from segframe.data.preparation import check_current, conversion_diff, ensure_converted
-from segframe.errors import ConfigError, RemoteError, SampleError, SegframeError
+from segframe.core.errors import ConfigError, RemoteError, SampleError, SegframeError
 
 
 def test_every_error_type_is_a_segframe_error_and_keeps_its_builtin_base():

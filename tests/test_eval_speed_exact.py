@@ -10,9 +10,9 @@ import warnings
 import pytest
 import torch
 
-from segframe.metrics import ConfusionMatrix, PerImageScores, labels
+from segframe.evaluation.metrics import ConfusionMatrix, PerImageScores, labels
 from segframe.models.fcn import FCN
-from segframe.module import SegModule
+from segframe.engine.module import SegModule
 
 VOID = 255
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

@@ -28,7 +28,7 @@ def test_a_misspelt_key_gets_did_you_mean_and_no_plus(command, given, meant, tmp
 def test_plus_is_advised_only_for_an_argument_the_config_leaves_unset():
     from omegaconf import OmegaConf
 
-    from segframe.unknown_keys import advice
+    from segframe.core.unknown_keys import advice
 
     cfg = OmegaConf.create({"trainer": {"_target_": "pytorch_lightning.Trainer", "max_epochs": 1}})
     assert advice(cfg, "trainer.detect_anomaly", "true").endswith("add it with +trainer.detect_anomaly=true")

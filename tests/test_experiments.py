@@ -1,5 +1,5 @@
-"""The experiments library (segframe.experiments, segframe.experiment_tables) that reproduce and
-results share, and the score formatting of segframe.metric_names."""
+"""The experiments library (segframe.experiments.library, segframe.experiments.tables) that reproduce and
+results share, and the score formatting of segframe.core.metric_names."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from segframe.metric_names import SUMMARY_HEADERS, image_summary_keys, percent, summary_keys
+from segframe.core.metric_names import SUMMARY_HEADERS, image_summary_keys, percent, summary_keys
 
 from helpers.cli import REPO
 
@@ -22,7 +22,7 @@ comparison: {model: 'FCN-8s'}
 
 
 def test_results_reads_the_results_reproduce_writes_under_segframe_experiments(tmp_path, monkeypatch):
-    from segframe.experiments import experiments_dir, result_path, write_result
+    from segframe.experiments.library import experiments_dir, result_path, write_result
     from segframe.results import comparison_table, table
 
     monkeypatch.setenv("SEGFRAME_EXPERIMENTS", str(tmp_path))

@@ -15,11 +15,11 @@ from helpers.config import compose
 from hydra.utils import instantiate
 from PIL import Image
 
-from segframe import exporting
-from segframe.config import plain
-from segframe.errors import ExportError, SegframeError
-from segframe.exported import load_exported, read_sidecar, sidecar_path
-from segframe.module import SegModule
+from segframe.deploy import exporting
+from segframe.core.config import plain
+from segframe.core.errors import ExportError, SegframeError
+from segframe.deploy.exported import load_exported, read_sidecar, sidecar_path
+from segframe.engine.module import SegModule
 
 pytest.importorskip("onnxruntime")
 
@@ -60,7 +60,7 @@ def ckpts(tmp_path_factory):
 
 
 def _eager(ckpt: Path):
-    from segframe.checkpoint import load_checkpoint, module_from_checkpoint
+    from segframe.engine.checkpoint import load_checkpoint, module_from_checkpoint
     return module_from_checkpoint(load_checkpoint(str(ckpt)), {}).model.eval()
 
 
@@ -207,8 +207,8 @@ def test_predict_from_onnx_equals_predict_from_the_checkpoint(ckpts, tmp_path):
 
 
 def test_predict_refuses_averaging_class_ids(ckpts, tmp_path):
-    from segframe.errors import ConfigError
-    from segframe.prediction import ExportedPredictor
+    from segframe.core.errors import ConfigError
+    from segframe.deploy.prediction import ExportedPredictor
 
     out = tmp_path / "labels.onnx"
     exporting.export_checkpoint(str(ckpts("fcn8s")), "onnx", out, {**OPTS, "outputs": "labels"})
@@ -220,8 +220,8 @@ def test_predict_refuses_averaging_class_ids(ckpts, tmp_path):
 
 
 def test_exported_predictor_runs_the_test_time_options_as_the_checkpoint_does(ckpts, tmp_path):
-    from segframe.checkpoint import load_checkpoint, module_from_checkpoint
-    from segframe.prediction import ExportedPredictor
+    from segframe.engine.checkpoint import load_checkpoint, module_from_checkpoint
+    from segframe.deploy.prediction import ExportedPredictor
 
     out = _exported(ckpts, tmp_path)
     options = {"scales": [0.75, 1.0], "flip": True, "mode": "slide", "crop": 32, "stride": 21}
@@ -236,7 +236,7 @@ def test_exported_predictor_runs_the_test_time_options_as_the_checkpoint_does(ck
 
 def test_the_dynamo_exporter_when_onnxscript_is_installed(ckpts, tmp_path):
     pytest.importorskip("onnxscript")
-    from segframe.exported import onnx_session
+    from segframe.deploy.exported import onnx_session
 
     out = tmp_path / "m.onnx"
     side = exporting.export_checkpoint(str(ckpts("fcn8s")), "onnx", out, {**OPTS, "exporter": "dynamo"})

@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from segframe.errors import ConfigError
-from segframe.experiments import not_recorded, recipe_overrides, released_elsewhere
+from segframe.core.errors import ConfigError
+from segframe.experiments.library import not_recorded, recipe_overrides, released_elsewhere
 from segframe.models.caffe import IDENTITY, compose, crop_offset
 from segframe.models.fcn import FCN, bilinear_kernel
 from segframe.models.reference_weights import BACKBONE_NAMES, REFERENCE_MEAN
-from segframe.module import SegModule
+from segframe.engine.module import SegModule
 
 from helpers.cli import run_cli
 from helpers.config import compose as compose_config

@@ -11,8 +11,8 @@ import pytest
 
 from segframe.data.manifest import split_info
 from segframe.data.sources.splits import seeded_folds
-from segframe.errors import ConfigError, ManifestError
-from segframe.folds import fold_split
+from segframe.core.errors import ConfigError, ManifestError
+from segframe.core.folds import fold_split
 
 from helpers.cli import run_cli
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from segframe.inference import infer, slide, window_starts
+from segframe.evaluation.inference import infer, slide, window_starts
 from segframe.models.fcn import FCN
 
 
@@ -81,7 +81,7 @@ def test_a_single_whole_pass_returns_the_logits():
 def test_bad_options_are_refused_before_any_work(options, message):
     import functools
 
-    from segframe.module import SegModule
+    from segframe.engine.module import SegModule
 
     with pytest.raises(ValueError, match=message):
         SegModule(_pointwise(), functools.partial(torch.optim.SGD, lr=0.1), None, ["a"] * 4, [[0, 0, 0]] * 4,

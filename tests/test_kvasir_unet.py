@@ -14,8 +14,8 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from segframe.config import check_keys
-from segframe.paths import EXPERIMENTS_DIR
+from segframe.core.config import check_keys
+from segframe.core.paths import EXPERIMENTS_DIR
 
 from helpers.cli import ok, run_cli
 from helpers.config import compose, tiny
@@ -29,7 +29,7 @@ def test_kvasir_unet_composes_with_the_recipe():
     assert cfg.data.crop_size == 352 and cfg.data.num_val == 120 and cfg.data.split_dir is None
     assert cfg.model._target_ == "segframe.models.smp.SmpModel" and cfg.model.arch == "Unet"
     assert cfg.model.encoder == "resnet34" and cfg.model.pretrained is True
-    assert cfg.loss._target_ == "segframe.losses.CeDice" and cfg.loss.ce_weight == 1 and cfg.loss.dice_weight == 1
+    assert cfg.loss._target_ == "segframe.engine.losses.CeDice" and cfg.loss.ce_weight == 1 and cfg.loss.dice_weight == 1
     assert cfg.optimizer._target_ == "torch.optim.AdamW" and cfg.optimizer.lr == 2e-4
     assert cfg.scheduler._target_.endswith("PolynomialLR")
     assert cfg.augmentation.train._target_.endswith("default_train") and list(cfg.augmentation.train.scale) == [0.5, 1.5]
@@ -105,7 +105,7 @@ def test_kvasir_unet_convert_train_eval_end_to_end(tmp_path):
     ok(run_cli("train", "experiment=kvasir_unet", *data, *TINY, f"hydra.run.dir={run}", cwd=tmp_path))
     train_m = json.loads((run / "metrics.json").read_text())
     config = OmegaConf.load(run / "config.yaml")
-    assert config.model.arch == "Unet" and config.loss._target_ == "segframe.losses.CeDice"
+    assert config.model.arch == "Unet" and config.loss._target_ == "segframe.engine.losses.CeDice"
     assert config.checkpoint.monitor == "val/mdice_img" and train_m["dataset"] == "kvasir_seg"
     assert train_m["steps"] == 3 and train_m["num_samples"] == 2
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from segframe.models.fcn import FCN
-from segframe.module import SegModule, class_weights
+from segframe.engine.module import SegModule, class_weights
 
 
 def test_median_frequency_and_inverse_frequency_weights():

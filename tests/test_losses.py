@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from segframe import losses
-from segframe.losses import CeDice, CrossEntropy, Dice, Focal, Lovasz
-from segframe.paths import CONF_DIR
-from segframe.config import check_keys
+from segframe.engine import losses
+from segframe.engine.losses import CeDice, CrossEntropy, Dice, Focal, Lovasz
+from segframe.core.paths import CONF_DIR
+from segframe.core.config import check_keys
 
 from helpers.config import compose
 
@@ -224,7 +224,7 @@ OPTIONS = sorted(p.stem for p in (CONF_DIR / "loss").glob("*.yaml"))
 
 def test_the_group_has_the_six_options_and_ce_is_the_default():
     assert OPTIONS == ["ce", "ce_dice", "dice", "focal", "log_jaccard", "lovasz"]
-    assert compose([]).loss._target_ == "segframe.losses.CrossEntropy"
+    assert compose([]).loss._target_ == "segframe.engine.losses.CrossEntropy"
 
 
 @pytest.mark.parametrize("option", OPTIONS)
@@ -243,7 +243,7 @@ def test_every_loss_config_composes_and_instantiates(option):
 def test_config_of_a_hydra_factory_is_plain(tmp_path):
     factory = instantiate(compose(["loss=focal", "loss.alpha=[0.25,1,1]", "loss.gamma=1.5"]).loss)
     config = losses.config_of(factory)
-    assert config == {"_target_": "segframe.losses.Focal", "_partial_": True, "gamma": 1.5, "alpha": [0.25, 1, 1]}
+    assert config == {"_target_": "segframe.engine.losses.Focal", "_partial_": True, "gamma": 1.5, "alpha": [0.25, 1, 1]}
     torch.save(config, tmp_path / "c.pt")
     assert torch.load(tmp_path / "c.pt", weights_only=True) == config
     assert losses.config_of(lambda **kw: CrossEntropy(**kw)) is None  # not storable: eval falls back to CE
@@ -260,7 +260,7 @@ class Tiny(torch.nn.Conv2d):
 
 
 def _module(**kw):
-    from segframe.module import SegModule
+    from segframe.engine.module import SegModule
 
     return SegModule(Tiny(C), functools.partial(torch.optim.SGD, lr=0.1), None, classes=["a", "b", "c"],
                      palette=[[0, 0, 0]] * C, model_config={"_target_": f"{__name__}.Tiny", "num_classes": C}, **kw)
@@ -296,14 +296,14 @@ def test_segmodule_refuses_a_region_loss_with_sum_and_stores_a_plain_config():
     assert isinstance(_module().criterion, CrossEntropy)  # no loss given: cross entropy
     module = _module(loss=functools.partial(Focal, gamma=1.0))
     assert "loss" not in module.hparams
-    assert module.hparams["loss_config"] == {"_target_": "segframe.losses.Focal", "_partial_": True, "gamma": 1.0}
+    assert module.hparams["loss_config"] == {"_target_": "segframe.engine.losses.Focal", "_partial_": True, "gamma": 1.0}
 
 
 def test_lightning_step_and_checkpoint_round_trip(tmp_path):
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader, TensorDataset
 
-    from segframe.checkpoint import load_checkpoint, module_from_checkpoint
+    from segframe.engine.checkpoint import load_checkpoint, module_from_checkpoint
 
     # summed and class-weighted: eval must rebuild the loss exactly as it was trained
     module = _module(loss=instantiate(compose(["loss=ce_dice", "loss.dice_weight=0.5"]).loss),

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from segframe.metrics import ConfusionMatrix, scores
+from segframe.evaluation.metrics import ConfusionMatrix, scores
 
 
 def _reference(gt: np.ndarray, pred: np.ndarray, n: int) -> dict:

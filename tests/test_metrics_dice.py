@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from segframe.metric_names import summary_keys
-from segframe.metrics import ConfusionMatrix, PerImageScores, image_scores, scores
+from segframe.core.metric_names import summary_keys
+from segframe.evaluation.metrics import ConfusionMatrix, PerImageScores, image_scores, scores
 
 
 def _random_labels(seed: int, shape=(6, 11, 13)) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +160,7 @@ def test_per_image_accepts_logits_and_rejects_bad_labels():
 def test_report_has_dice_columns_per_image_table_and_legend(tmp_path):
     from PIL import Image
 
-    from segframe.report import write_report
+    from segframe.evaluation.report import write_report
 
     classes = ["background", "circle", "square"]
     palette = [[0, 0, 0], [200, 30, 30], [30, 200, 30]]
@@ -208,7 +208,7 @@ def test_report_has_dice_columns_per_image_table_and_legend(tmp_path):
 def test_prediction_grid_legend_wraps_for_many_classes(tmp_path):
     from PIL import Image
 
-    from segframe.report import prediction_grid
+    from segframe.evaluation.report import prediction_grid
 
     n = 30
     classes = [f"class_name_{i}" for i in range(n)]
@@ -245,7 +245,7 @@ def _ternaus_by_hand(gts, preds):
 def test_ternausnet_per_image_scores_match_a_hand_computation():
     """Four images of a 4-class (parts) problem: both empty (1), empty gt with a prediction (0), a
     prediction of a class absent from the gt (it does not count for that image's mean), two classes."""
-    from segframe.metrics import PerImageScores, image_scores
+    from segframe.evaluation.metrics import PerImageScores, image_scores
 
     gts = np.zeros((4, 4, 4), np.int64)
     preds = np.zeros((4, 4, 4), np.int64)

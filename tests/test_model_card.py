@@ -1,4 +1,4 @@
-"""MODEL_CARD.md (segframe.model_card): every field rendered from plain values, and a training run
+"""MODEL_CARD.md (segframe.evaluation.model_card): every field rendered from plain values, and a training run
 writes one with its best checkpoint's sha256."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from helpers.config import TINY_ON_TINY_SHAPES, compose, tiny
 from segframe.data.manifest import sha256_file
-from segframe.model_card import CARD, render_card
+from segframe.evaluation.model_card import CARD, render_card
 
 METRICS = {
     "miou": 0.61234, "mdice": 0.7, "mean_acc": 0.75, "pixel_acc": 0.9, "fwiou": 0.85, "miou_img": 0.5,
@@ -26,7 +26,7 @@ CONFIG = {
     "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01, "momentum": 0.9},
     "scheduler": {"_target_": "torch.optim.lr_scheduler.PolynomialLR", "_partial_": True, "total_iters": None,
                   "power": 0.9},
-    "loss": {"_target_": "segframe.losses.CrossEntropy", "_partial_": True},
+    "loss": {"_target_": "segframe.engine.losses.CrossEntropy", "_partial_": True},
     "augmentation": {"train": {"_target_": "segframe.data.augment.default_train", "crop_size": 96, "hflip": 0.5}},
 }
 TABLE = "| class | IoU % |\n| --- | ---: |\n| background | 98.00 |\n| circle | 24.47 |\n"
@@ -46,7 +46,7 @@ def test_card_shows_every_field():
         # recipe
         "torch.optim.SGD (momentum 0.9)", "| learning rate | 0.01 |",
         "torch.optim.lr_scheduler.PolynomialLR (power 0.9)",
-        "segframe.losses.CrossEntropy", "| epochs / steps | 8 / 600 |", "| batch size | 8 |", "| crop | 96 |",
+        "segframe.engine.losses.CrossEntropy", "| epochs / steps | 8 / 600 |", "| batch size | 8 |", "| crop | 96 |",
         "segframe.data.augment.default_train (crop_size 96, hflip 0.5)", "| seed | 7 |",
         # metrics, percent with two decimals, and the per-class table
         "| mIoU % | 61.23 |", "| mDice % | 70.00 |", "| mean acc % | 75.00 |", "| pixel acc % | 90.00 |",
@@ -75,7 +75,7 @@ def test_card_without_optional_values_says_na():
 
 
 def test_training_writes_the_card_with_the_checkpoint_sha256(tmp_path: Path, tiny_shapes, one_thread):
-    from segframe.training import train
+    from segframe.engine.training import train
 
     overrides = tiny("trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
                      base=TINY_ON_TINY_SHAPES)

@@ -204,7 +204,7 @@ def test_training_repeats_the_empty_class_warning_and_refuses_background_only(ca
 
     from omegaconf import OmegaConf
 
-    from segframe.config import ConfigError
+    from segframe.core.config import ConfigError
     from segframe.data.preparation import check_labelled
 
     def manifest(pixels: list[int], ignored: int) -> dict:

@@ -12,8 +12,12 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import ProgressBar, RichProgressBar
 
-from segframe import exporting, progress_bar, reproduction
-from segframe.progress import Eta, clock, is_terminal, track
+from segframe.deploy import exporting
+
+from segframe.engine import progress_bar
+
+from segframe.experiments import reproduction
+from segframe.core.progress import Eta, clock, is_terminal, track
 
 from helpers.cli import ok, run_cli
 from helpers.config import TINY_ON_TINY_SHAPES, compose, tiny
@@ -54,7 +58,7 @@ def test_track_logs_a_line_per_tenth_not_a_bar_when_the_stream_is_not_a_terminal
 
 
 def test_the_trainer_gets_epoch_lines_only_where_stdout_is_not_a_terminal(monkeypatch):
-    from segframe import components
+    from segframe.engine import components
 
     assert [type(c) for c in progress_bar.for_console(True, [])] == [progress_bar.EpochLines]
     assert progress_bar.for_console(False, []) == []  # enable_progress_bar=false: Lightning refuses a bar callback

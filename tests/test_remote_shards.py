@@ -215,7 +215,7 @@ def test_manifest_with_an_unsafe_shard_name_is_refused(served):
 
 
 def test_train_cli_and_eval_read_http_shards(served, tmp_path):
-    from segframe.evaluation import evaluate
+    from segframe.engine.evaluating import evaluate
 
     _, base = served
     url = f"{base}/shapes"
@@ -244,7 +244,7 @@ def test_cli_error_for_an_unreachable_location(tmp_path):
 
 
 def test_convert_refuses_a_remote_location_and_verifies_one(served, tmp_path, capsys):
-    from segframe.conversion import convert
+    from segframe.data.conversion import convert
 
     root, base = served
     for location in (f"{base}/new", f"'pipe:cat {root}/new/{{name}}'"):  # Hydra needs quotes around '{'

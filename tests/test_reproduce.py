@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from segframe.paths import EXPERIMENTS_DIR
+from segframe.core.paths import EXPERIMENTS_DIR
 
 from helpers.cli import REPO, run_cli
 from helpers.config import compose
@@ -134,8 +134,8 @@ def test_results_table_rows(tmp_path):
 
 
 def test_a_second_reference_is_shown_and_not_judged():
-    from segframe.experiment_tables import comparison_text
-    from segframe.experiments import compare, second_references
+    from segframe.experiments.tables import comparison_text
+    from segframe.experiments.library import compare, second_references
     from segframe.results import row
 
     experiment = OmegaConf.create({"reference": {

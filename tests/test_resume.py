@@ -204,7 +204,7 @@ def test_slurm_requeue_signal_saves_requeues_and_the_same_command_resumes(refere
 
 
 def test_resume_auto_and_paths_are_checked_before_anything_is_built(tmp_path):
-    from segframe.resume import ResumeError, find_resume
+    from segframe.engine.resume import ResumeError, find_resume
 
     assert find_resume(None, tmp_path, {}) is None
     ckpts = tmp_path / "checkpoints"
@@ -221,7 +221,7 @@ def test_resume_auto_and_paths_are_checked_before_anything_is_built(tmp_path):
 
 
 def test_atomic_save_that_fails_midway_keeps_the_previous_file(tmp_path):
-    from segframe.checkpointing import AtomicCheckpointIO
+    from segframe.engine.checkpointing import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()
     target = tmp_path / "last.ckpt"
@@ -240,7 +240,7 @@ def test_atomic_save_that_fails_midway_keeps_the_previous_file(tmp_path):
 def test_continued_csv_keeps_the_rows_before_the_checkpoint(tmp_path):
     from pytorch_lightning.loggers import CSVLogger
 
-    from segframe.resume import ResumePoint, continue_logs
+    from segframe.engine.resume import ResumePoint, continue_logs
 
     first = CSVLogger(str(tmp_path), name="logs", version="")
     for step in range(10):
@@ -259,14 +259,14 @@ def test_continued_csv_keeps_the_rows_before_the_checkpoint(tmp_path):
 def test_last_checkpoint_options_are_checked_and_time_decides_on_rank_zero(monkeypatch):
     from types import SimpleNamespace
 
-    from segframe.checkpointing import LastCheckpoint
+    from segframe.engine.checkpointing import LastCheckpoint
 
     for bad in ({"every_n_steps": 0}, {"every_minutes": -1}):
         with pytest.raises(ValueError, match="checkpoint.every_"):
             LastCheckpoint("ckpts", **bad)
     every = LastCheckpoint("ckpts", every_minutes=1)
     clock = [1000.0]
-    monkeypatch.setattr("segframe.checkpointing.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("segframe.engine.checkpointing.time.monotonic", lambda: clock[0])
     every._saved_at = 1000.0
     single = SimpleNamespace(world_size=1)
     assert every._agreed(single) == (False, False)
@@ -278,7 +278,7 @@ def test_last_checkpoint_options_are_checked_and_time_decides_on_rank_zero(monke
 
 
 def test_best_checkpoint_tracking_survives_a_moved_run_directory(tmp_path):
-    from segframe.checkpointing import BestCheckpoint
+    from segframe.engine.checkpointing import BestCheckpoint
 
     old, new = tmp_path / "old" / "checkpoints", tmp_path / "new" / "checkpoints"
     new.mkdir(parents=True)

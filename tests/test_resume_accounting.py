@@ -30,7 +30,7 @@ def results(run: Path) -> dict[str, bytes]:
 
 
 def train_here(run: Path, shards: Path, *overrides: str) -> float:
-    from segframe.training import train
+    from segframe.engine.training import train
 
     return train(compose([*QUICKSTART, f"data.shard_dir={shards}", *overrides]), run)
 
@@ -74,7 +74,7 @@ def test_resume_auto_on_a_finished_run_says_so_and_leaves_its_results_alone(tmp_
 
 def test_a_mid_epoch_resume_says_what_it_skips_instead_of_lightnings_warning(tmp_path, tiny_shapes, one_thread,
                                                                               monkeypatch, caplog):
-    from segframe.module import SegModule
+    from segframe.engine.module import SegModule
 
     step = SegModule.training_step
 
@@ -98,7 +98,7 @@ def test_a_mid_epoch_resume_says_what_it_skips_instead_of_lightnings_warning(tmp
 
 def test_an_end_of_epoch_resume_keeps_lightnings_warning_filter_untouched(tmp_path):
     """Only a resume from inside an epoch silences anything, and only that one message."""
-    from segframe.resume import NOT_RESUMABLE as MESSAGE, ResumePoint, mid_epoch_resume
+    from segframe.engine.resume import NOT_RESUMABLE as MESSAGE, ResumePoint, mid_epoch_resume
 
     at_epoch_end = ResumePoint(tmp_path / "last.ckpt", tmp_path, step=6)
     inside = ResumePoint(tmp_path / "last.ckpt", tmp_path, step=8, mid_epoch=(1, 2))
@@ -185,7 +185,7 @@ def test_a_report_of_a_shorter_fit_is_not_taken_for_a_finished_run(tmp_path):
 
     import torch
 
-    from segframe.resume import find_resume
+    from segframe.engine.resume import find_resume
 
     ckpts = tmp_path / "run" / "checkpoints"
     ckpts.mkdir(parents=True)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from segframe.data import sample
 from segframe.data.sample import decode_image, decode_sample, open_sample
-from segframe.errors import SampleError
+from segframe.core.errors import SampleError
 
 
 def _pil(data: bytes) -> np.ndarray:

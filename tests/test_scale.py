@@ -82,7 +82,7 @@ TINY = tiny("trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.li
 
 
 def _train_in_process(tmp_path: Path, shard_dir: Path, overrides: list[str]) -> dict:
-    from segframe.training import train
+    from segframe.engine.training import train
 
     cfg = compose([*TINY, f"data.shard_dir={shard_dir}", *overrides])
     train(cfg, tmp_path)

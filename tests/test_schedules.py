@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from segframe.schedules import WarmupPoly
+from segframe.engine.schedules import WarmupPoly
 
 
 def _optimizer(lr: float = 1.0) -> torch.optim.Optimizer:

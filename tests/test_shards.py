@@ -286,7 +286,7 @@ def test_a_second_conversion_into_the_same_directory_is_refused_while_the_first_
     import time
 
     from segframe.data.shard_writer import _ConversionLock
-    from segframe.errors import ConversionInProgress
+    from segframe.core.errors import ConversionInProgress
 
     out = tmp_path / "ds"
     holder = subprocess.Popen([sys.executable, "-c", (

@@ -17,7 +17,7 @@ from segframe.data.sample import IGNORE_INDEX, SampleError
 from segframe.data.shards import read_manifest, write_dataset
 from segframe.data.sources import endovis2015
 from segframe.data.sources.endovis2015 import EndoVis2015Source, keep_largest, snap
-from segframe.errors import ConfigError, DatasetNotFoundError
+from segframe.core.errors import ConfigError, DatasetNotFoundError
 
 from helpers.cli import ok, run_cli
 from helpers.config import compose, tiny

@@ -18,7 +18,7 @@ from segframe.data.shards import write_dataset
 from segframe.data.sources import endovis2017
 from segframe.data.sources.endovis2017 import (TASKS, EndoVis2017Source, decode, encode, fold_splits, instrument_id,
                                                stored_classes)
-from segframe.errors import DatasetNotFoundError
+from segframe.core.errors import DatasetNotFoundError
 
 from helpers.datasets import nothing_written, read_split
 from helpers.endovis2017 import DATASETS, THREE_CHANNEL, frame_image, ground_truth_folders, make_endovis2017

@@ -16,8 +16,8 @@ from hydra.utils import instantiate
 from segframe.data.manifest import read_manifest
 from segframe.data.shard_writer import write_dataset
 from segframe.data.sources import voc
-from segframe.errors import ConfigError, MissingFileError
-from segframe.paths import REPO_ROOT
+from segframe.core.errors import ConfigError, MissingFileError
+from segframe.core.paths import REPO_ROOT
 
 from helpers.cli import run_cli
 from helpers.config import compose

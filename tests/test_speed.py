@@ -1,4 +1,4 @@
-"""`trainer.precision=auto` / `module.channels_last=auto` (segframe/speed.py): the choice per device,
+"""`trainer.precision=auto` / `module.channels_last=auto` (segframe/engine/speed.py): the choice per device,
 the per-machine probe cache, explicit values winning, what a run records, and (slow) that the
 choice auto makes on bf16 hardware trains `shapes` as well as fp32 does."""
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from segframe import speed
-from segframe.errors import ConfigError
+from segframe.engine import speed
+from segframe.core.errors import ConfigError
 
 from helpers.config import TINY_ON_TINY_SHAPES, compose, tiny
 
@@ -196,7 +196,7 @@ def test_auto_is_the_default():
 
 
 def _train(tmp_path: Path, shard_dir: Path, overrides: list[str]) -> tuple[dict, dict]:
-    from segframe.training import train
+    from segframe.engine.training import train
 
     cfg = compose([*tiny(drop=("trainer.precision", "module.channels_last"), base=TINY_ON_TINY_SHAPES),
                    f"data.shard_dir={shard_dir}",
@@ -221,7 +221,7 @@ def test_a_run_records_the_choice_and_uses_it(tmp_path, tiny_shapes, probes, mon
 
 
 def test_eval_at_auto_uses_the_precision_the_checkpoint_trained_in(monkeypatch):
-    from segframe.components import eval_speed_choice
+    from segframe.engine.components import eval_speed_choice
 
     monkeypatch.setattr(speed, "capability", lambda *a: speed.Choice(speed.BF16, True, "this machine"))
     auto, fixed = compose([]).trainer, compose(["trainer.precision=32-true"]).trainer
@@ -237,7 +237,7 @@ def test_eval_at_auto_uses_the_precision_the_checkpoint_trained_in(monkeypatch):
 def test_a_resume_says_when_auto_chooses_other_knobs_than_the_run_trained_with(tmp_path):
     """auto chooses again at every start (a run moved to a machine without bf16 units must not go on in
     emulated bf16); when that differs from what the checkpoint recorded, the resume says so and how to keep it."""
-    from segframe.resume import find_resume
+    from segframe.engine.resume import find_resume
 
     recorded = {"precision": "bf16-mixed", "channels_last": True, "reason": "auto: CPU with bf16 units"}
     here = speed.Choice("32-true", False, "auto: CPU without bf16 units")
@@ -260,7 +260,7 @@ def test_the_bf16_choice_trains_shapes_like_fp32(tmp_path):
     recipe for 4 of its 16 epochs (148 steps), three seeds each. The bf16 mean lies within fp32's seed
     range, widened by half that range (at least 1 point): CPU numerics differ across machines, and the
     seeds' spread is the scale of training noise."""
-    from segframe.training import train
+    from segframe.engine.training import train
 
     miou: dict[str, list[float]] = {"fp32": [], "bf16": []}
     for seed in (0, 1, 2):

@@ -44,8 +44,8 @@ def test_a_sweep_whose_runs_fail_exits_non_zero_and_says_why(tiny_shapes, tmp_pa
 
 
 def test_a_summary_names_a_run_that_recorded_nothing(tmp_path):
-    from segframe import sweep_plot
-    from segframe.sweep import summarize
+    from segframe.experiments import sweep_plot
+    from segframe.experiments.sweep_summary import summarize
 
     (tmp_path / "0" / ".hydra").mkdir(parents=True)  # killed from outside: no metrics.json, no failure.txt
     (row,) = summarize(tmp_path)
@@ -84,7 +84,7 @@ def _optuna_task(tmp_path: Path) -> None:
             sampler: {seed: 0, n_startup_trials: 10}
             params: {x: 'interval(0.0, 1.0)'}
           callbacks:
-            sweep_summary: {_target_: segframe.sweep.SweepSummary}
+            sweep_summary: {_target_: segframe.experiments.sweep.SweepSummary}
         """))
     (tmp_path / "task.py").write_text(textwrap.dedent("""\
         import json
@@ -92,7 +92,7 @@ def _optuna_task(tmp_path: Path) -> None:
 
         import hydra
         from hydra.core.hydra_config import HydraConfig
-        from segframe.cli import run
+        from segframe.core.cli import run
 
         def job(x):  # what segframe.train leaves for the summary, and returns to the sweeper
             Path(HydraConfig.get().runtime.output_dir, "metrics.json").write_text(json.dumps({"miou": x}))

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from segframe.sweep import LaunchError, check_sweep, check_trainer, summarize
+from segframe.experiments.sweep import LaunchError, check_sweep, check_trainer
+from segframe.experiments.sweep_summary import summarize
 
 from helpers.cli import ok as _ok, run_cli
 from helpers.config import TINY_ON_TINY_SHAPES, compose, tiny
@@ -81,7 +82,7 @@ def test_optuna_records_a_failed_run_and_goes_on(tmp_path):
             sampler: {seed: 0}  # trials x=0.5, -1.0, 0.5
             params: {x: 'choice(-1.0, 0.5)'}
           callbacks:
-            sweep_summary: {_target_: segframe.sweep.SweepSummary}
+            sweep_summary: {_target_: segframe.experiments.sweep.SweepSummary}
         """))
     (tmp_path / "task.py").write_text(textwrap.dedent("""\
         import json
@@ -89,7 +90,7 @@ def test_optuna_records_a_failed_run_and_goes_on(tmp_path):
 
         import hydra
         from hydra.core.hydra_config import HydraConfig
-        from segframe.cli import run
+        from segframe.core.cli import run
 
         @hydra.main(config_path=".", config_name="conf", version_base="1.3")
         def main(cfg):
@@ -268,8 +269,8 @@ def test_summary_md_shows_only_the_parameters_that_vary_and_the_csv_keeps_every_
 def test_summary_png_plots_the_metric_against_each_varied_parameter(tmp_path):
     from PIL import Image
 
-    from segframe import sweep_plot
-    from segframe.sweep import varied_keys
+    from segframe.experiments import sweep_plot
+    from segframe.experiments.sweep_summary import varied_keys
 
     _fabricate(tmp_path, GRID)
     rows = summarize(tmp_path)
@@ -289,7 +290,7 @@ def test_summary_png_plots_the_metric_against_each_varied_parameter(tmp_path):
 
 
 def test_summary_png_axes_follow_the_values(tmp_path):
-    from segframe import sweep_plot
+    from segframe.experiments import sweep_plot
 
     points = lambda key, values: [{"run": str(i), "status": "ok", "best": "", "miou": 0.5, "params": {key: v}}
                                   for i, v in enumerate(values)]

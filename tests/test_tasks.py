@@ -15,7 +15,7 @@ from segframe.data.preparation import check_labelled, conversion_diff, convert_d
 from segframe.data.sample import IGNORE_INDEX, RawSample
 from segframe.data.shards import read_manifest, write_dataset
 from segframe.data.tasks import View, check_tasks, empty_in, view
-from segframe.errors import ConfigError
+from segframe.core.errors import ConfigError
 
 # stored code = 3 * shape + part: shape 0..1 (none, tool), part 0..2; a task per digit
 STORED = ["none", "none/p1", "none/p2", "tool", "tool/p1", "tool/p2"]

@@ -11,8 +11,8 @@ import torchvision
 from hydra.utils import instantiate
 from torch import nn
 
-from segframe.config import check_keys
-from segframe.errors import ConfigError, MissingFileError, PretrainedWeightsError
+from segframe.core.config import check_keys
+from segframe.core.errors import ConfigError, MissingFileError, PretrainedWeightsError
 from segframe.models.ternausnet import VGG16_STAGES, TernausNet16, vgg16_features
 
 from helpers.config import compose

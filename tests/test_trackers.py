@@ -1,4 +1,4 @@
-"""`logger=` choices and the experiment trackers (segframe/trackers/): every logger command composes and the
+"""`logger=` choices and the experiment trackers (segframe/engine/trackers/): every logger command composes and the
 default is CSV + TensorBoard as before; MLflow (a local SQLite store here; a real tracking server in
 test_trackers_server.py) and W&B (offline) receive a tiny shapes run and a resumed process continues the
 same tracker runs; a missing extra stops the run before any work, naming the pip line; W&B is offline
@@ -65,7 +65,7 @@ def store(tmp_path_factory) -> Path:
     """A local MLflow store, made once: a new SQLite store runs MLflow's schema migrations (seconds)."""
     from mlflow.tracking import MlflowClient
 
-    from segframe.trackers.mlflow_run import local_store_uris
+    from segframe.engine.trackers.mlflow_run import local_store_uris
 
     folder = tmp_path_factory.mktemp("mlflow")
     MlflowClient(local_store_uris(folder)[0]).search_experiments()
@@ -76,8 +76,8 @@ def test_the_loggers_are_built_from_their_nodes_and_mlflow_follows_its_tracking_
                                                                                  offline_wandb):
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-    from segframe import trackers
-    from segframe.trackers.mlflow_run import local_store_uris
+    from segframe.engine import trackers
+    from segframe.engine.trackers.mlflow_run import local_store_uris
 
     cfg = compose(["logger=[csv,tensorboard,mlflow,wandb]", f"logger.mlflow.local_store={store}"])
     built = trackers.build(cfg.logger, tmp_path / "run")
@@ -101,8 +101,8 @@ def test_the_loggers_are_built_from_their_nodes_and_mlflow_follows_its_tracking_
 def test_a_missing_extra_stops_the_run_before_any_work_naming_the_pip_line(extra, tmp_path, monkeypatch):
     from hydra.errors import InstantiationException
 
-    from segframe.errors import ConfigError
-    from segframe.training import train
+    from segframe.core.errors import ConfigError
+    from segframe.engine.training import train
 
     monkeypatch.setitem(sys.modules, extra, None)  # `import mlflow` fails as when the extra is not installed
     cfg = compose(tiny(f"logger=[csv,{extra}]", f"paths.data_dir={tmp_path / 'data'}"))
@@ -129,8 +129,8 @@ def test_the_command_line_names_the_pip_line_of_a_missing_extra(tmp_path):
 def test_wandb_is_offline_unless_wandb_would_find_credentials(tmp_path, monkeypatch, offline_wandb):
     from wandb.sdk import wandb_setup
 
-    from segframe.errors import ConfigError
-    from segframe.trackers.wandb_run import choose_mode
+    from segframe.core.errors import ConfigError
+    from segframe.engine.trackers.wandb_run import choose_mode
 
     assert choose_mode("auto") == "offline"
     host = re.sub(r"^https?://", "", wandb_setup.singleton().settings.base_url).split("/")[0]
@@ -165,7 +165,7 @@ def test_a_resumed_run_continues_its_mlflow_and_wandb_runs(tiny_shapes, tmp_path
     run's files hold the final metrics."""
     from mlflow.tracking import MlflowClient
 
-    from segframe.training import train
+    from segframe.engine.training import train
 
     run = tmp_path / "run"
     limits = ("trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1")
@@ -203,7 +203,7 @@ def test_a_resumed_run_continues_its_mlflow_and_wandb_runs(tiny_shapes, tmp_path
 def test_an_error_after_the_runs_began_ends_them_as_failed(tmp_path, store, offline_wandb):
     from mlflow.tracking import MlflowClient
 
-    from segframe import trackers
+    from segframe.engine import trackers
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

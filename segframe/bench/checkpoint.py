@@ -11,7 +11,7 @@ import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from segframe.bench.common import fmt, median, mib, table
-from segframe.checkpointing import AtomicCheckpointIO
+from segframe.engine.checkpointing import AtomicCheckpointIO
 from segframe.models.fcn import FCN
 
 

@@ -21,9 +21,9 @@ import torch
 from segframe.bench.common import fmt, table
 from segframe.data.augment import default_train, identity
 from segframe.data.datamodule import SegDataModule
+from segframe.engine.module import SegModule
+from segframe.engine.speed import BF16, FP32
 from segframe.models.fcn import FCN
-from segframe.module import SegModule
-from segframe.speed import BF16, FP32
 
 
 @dataclass

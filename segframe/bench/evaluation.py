@@ -16,9 +16,9 @@ from torchmetrics import Metric
 
 from segframe.bench.common import fmt, median, sync, table, timed
 from segframe.bench.step import make_batch
-from segframe.metrics import ConfusionMatrix, PerImageScores, labels, valid_labels
-from segframe.models.fcn import FCN
+from segframe.evaluation.metrics import ConfusionMatrix, PerImageScores, labels, valid_labels
 from segframe.models.base import to_input
+from segframe.models.fcn import FCN
 
 WAYS = ("before", "after")
 DESCRIBE = {"before": "argmax + gathered", "after": "labels() + in place"}

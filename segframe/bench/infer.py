@@ -14,11 +14,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from segframe import crf
 from segframe.bench.common import median, table, timed
-from segframe.exported import graph_runner
-from segframe.exporting import Deployable, export_onnx, export_torchscript
-from segframe.paths import CONF_DIR
+from segframe.core.paths import CONF_DIR
+from segframe.deploy.exported import graph_runner
+from segframe.deploy.exporting import Deployable, export_onnx, export_torchscript
+from segframe.evaluation import crf
 
 # name -> (conf/model file, overrides): FCN-8s ResNet-18 and U-Net ResNet-18, random weights
 MODELS = {"fcn8s_resnet18": ("fcn8s", {"backbone": "resnet18"}), "unet_resnet18": ("unet", {"encoder": "resnet18"}),

@@ -14,8 +14,8 @@ import torch
 from segframe.bench import step
 from segframe.bench.common import fmt, median, table, timed
 from segframe.bench.step import AUTOCAST, StepRow, knob_parts
-from segframe.host import cpu_flags
-from segframe.speed import NO_BF16_UNITS, bf16_units
+from segframe.core.host import cpu_flags
+from segframe.engine.speed import NO_BF16_UNITS, bf16_units
 
 
 def _skip(backbone: str, knob: str, device: torch.device, size: int, base_ms: float, classes: int, stride: int,

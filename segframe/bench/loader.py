@@ -26,8 +26,8 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from segframe.bench.common import fmt, table
 from segframe.data.batch import pad_collate
 from segframe.data.datamodule import ShardStream, TrainStream
-from segframe.data.sample import check_mask, decode_mask
 from segframe.data.manifest import read_manifest, shard_urls
+from segframe.data.sample import check_mask, decode_mask
 
 Item = tuple[str, str, str]  # (id, image path, mask path), as the converters' items
 

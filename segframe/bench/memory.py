@@ -117,8 +117,8 @@ def shapes_data(root: Path, base: int, factors: list[int], image_size: int = 64)
     """Shards of max(factors) * `base` generated shapes images (`image_size` px PNG) in shards of
     `base / 2` samples, and the same images and masks as files (the shards' own bytes), so that the
     first f * base samples of either are a dataset of that size. Returns (shard dir, items)."""
-    from segframe.data.sample import IMAGE_ENTRIES, MASK_EXT
     from segframe.data.manifest import read_manifest, shard_urls
+    from segframe.data.sample import IMAGE_ENTRIES, MASK_EXT
     from segframe.data.shard_reader import iter_shard
     from segframe.data.shard_writer import write_dataset
     from segframe.data.sources.shapes import CLASSES, PALETTE, ShapesSource

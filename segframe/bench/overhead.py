@@ -13,8 +13,8 @@ import torch
 
 from segframe.bench.common import median, sync
 from segframe.bench.step import make_batch, train_step
+from segframe.engine.module import SegModule
 from segframe.models.fcn import FCN
-from segframe.module import SegModule
 
 
 def bench_bare(model: torch.nn.Module, batch: tuple, steps: int, warmup: int,

@@ -132,9 +132,9 @@ def checkpoint(args: argparse.Namespace, tmp: Path) -> str:
 
 
 def knobs(args: argparse.Namespace, tmp: Path) -> str:
-    from segframe import speed
     from segframe.bench.knobs import bench_knobs, report
     from segframe.bench.step import AUTOCAST, knob_parts, skip_reason
+    from segframe.engine import speed
 
     device, knob_names = args.device, names(args.knobs)
     peak_size = args.peak_size or (8192 if device.type == "cuda" else 2048)
@@ -185,8 +185,8 @@ def _gpu_figure(args: argparse.Namespace, tmp: Path, device: torch.device) -> st
 
 
 def epoch(args: argparse.Namespace, tmp: Path) -> str:
-    from segframe import speed
     from segframe.bench.epoch import bench_epoch, report, settings
+    from segframe.engine import speed
 
     shard_dir, items = _voc_like(args, tmp)
     steps = min(args.epoch_steps, len(items) // args.epoch_batch)

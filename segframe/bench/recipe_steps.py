@@ -18,11 +18,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from segframe import speed
 from segframe.bench.common import machine_line, median, sync
+from segframe.core.paths import CONF_DIR
 from segframe.data.sample import IGNORE_INDEX
+from segframe.engine import speed
 from segframe.models.base import to_input
-from segframe.paths import CONF_DIR
 
 
 def recipe(name: str, overrides: list[str]) -> object:

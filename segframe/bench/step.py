@@ -23,8 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from segframe.bench.common import median, timed
 from segframe.data.sample import IGNORE_INDEX
-from segframe.models.fcn import FCN
 from segframe.models.base import to_input
+from segframe.models.fcn import FCN
 
 KNOBS = ("channels_last", "bf16", "fp16", "compile", "cudnn_benchmark")
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}

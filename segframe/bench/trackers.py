@@ -88,7 +88,7 @@ def call_costs(names: list[str], calls: int, work: Path) -> dict[str, float]:
     step's metrics, then `save`), per logger, in this process: the logging alone, without the training's noise."""
     from pytorch_lightning.loggers import CSVLogger
 
-    from segframe.trackers import MLflowTracker, WandbTracker
+    from segframe.engine.trackers import MLflowTracker, WandbTracker
 
     os.environ.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true", **{k: str(work / "wandb-home" / k) for k in (
         "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR")}})

@@ -11,8 +11,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from segframe.data.colours import overlay
-from segframe.data.sample import decode_sample
 from segframe.data.manifest import read_manifest, shard_urls, split_info
+from segframe.data.sample import decode_sample
 from segframe.data.shard_reader import iter_shard
 from segframe.data.tasks import view
 

@@ -22,10 +22,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from segframe.core.commands import convert_command_for
 from segframe.data.batch import as_tensors, pad_collate
-from segframe.data.sample import decode_sample, open_sample
-from segframe.commands import convert_command_for
 from segframe.data.manifest import read_manifest, shard_urls, split_info
+from segframe.data.sample import decode_sample, open_sample
 from segframe.data.shard_reader import iter_shard
 from segframe.data.tasks import View, view
 

@@ -14,10 +14,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from segframe.atomic import write_text_atomic
+from segframe.core.atomic import write_text_atomic
+from segframe.core.errors import ConfigError
+from segframe.core.paths import CONF_DIR, user_conf_dir
 from segframe.data.remote import is_remote
-from segframe.errors import ConfigError
-from segframe.paths import CONF_DIR, user_conf_dir
 
 # the config's own links stay links: source.* -> ${data.*}, num_classes -> ${len:${data.classes}}
 _LINKED = ("source", "num_classes")

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from segframe.commands import convert_command_for
+from segframe.core.commands import convert_command_for
+from segframe.core.errors import LocationError, ManifestError, RemoteError
 from segframe.data.remote import check_name, is_remote, locate, read_bytes
 from segframe.data.sample import IGNORE_INDEX
 from segframe.data.tasks import TASKS, View, empty_in, view
-from segframe.errors import LocationError, ManifestError, RemoteError
 
 MANIFEST = "manifest.json"
 FORMAT = "segframe-shards"

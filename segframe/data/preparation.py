@@ -12,14 +12,14 @@ from typing import Any
 
 from hydra.utils import instantiate
 
-from segframe.commands import convert_command
+from segframe.core.commands import convert_command
+from segframe.core.errors import ConfigError, ConversionInProgress, ManifestError
 from segframe.data.described import config_path, is_described
 from segframe.data.manifest import MANIFEST, read_manifest, split_info
 from segframe.data.remote import is_remote, locate
 from segframe.data.shard_writer import wait_for_conversion, write_dataset
 from segframe.data.sources.files import bit_palette
 from segframe.data.tasks import empty_in, view
-from segframe.errors import ConfigError, ConversionInProgress, ManifestError
 
 log = logging.getLogger("segframe")
 

@@ -35,7 +35,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from segframe.errors import ConfigError, LocationError, RemoteError
+from segframe.core.errors import ConfigError, LocationError, RemoteError
 
 PLACEHOLDER = "{name}"
 # seconds without any data (connecting, or between two reads) before a download is given up

@@ -23,7 +23,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
-from segframe.errors import SampleError
+from segframe.core.errors import SampleError
 
 IGNORE_INDEX = 255
 IMAGE_ENTRIES = ("jpg", "png")  # a shard sample's image entry: the source file's own JPEG/PNG bytes

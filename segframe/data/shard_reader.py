@@ -20,12 +20,12 @@ from typing import Any
 
 from webdataset.tariterators import base_plus_ext
 
-from segframe.commands import convert_command_for
+from segframe.core.commands import convert_command_for
+from segframe.core.errors import RemoteError, SampleError
+from segframe.core.progress import track
 from segframe.data.manifest import read_manifest
 from segframe.data.remote import is_remote, locate, open_stream
 from segframe.data.sample import decode_sample
-from segframe.errors import RemoteError, SampleError
-from segframe.progress import track
 
 _META = re.compile(r"__[^/]*__($|/)")  # WebDataset's metadata entries (e.g. __index__), never samples
 

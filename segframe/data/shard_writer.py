@@ -23,14 +23,14 @@ from typing import Any
 import numpy as np
 from webdataset import TarWriter
 
-from segframe.atomic import write_text_atomic
+from segframe.core.atomic import write_text_atomic
+from segframe.core.errors import ConfigError, ConversionInProgress, SampleError
+from segframe.core.progress import track
 from segframe.data.manifest import MANIFEST, build_manifest, sha256_file
-from segframe.data.tasks import check_tasks
 from segframe.data.remote import refuse_write
 from segframe.data.sample import IGNORE_INDEX, encode_sample
 from segframe.data.sources import Source
-from segframe.errors import ConfigError, ConversionInProgress, SampleError
-from segframe.progress import track
+from segframe.data.tasks import check_tasks
 
 log = logging.getLogger("segframe")
 

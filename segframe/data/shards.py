@@ -6,11 +6,19 @@ lives in its own module; this file only re-exports them:
 - `data/shard_reader.py`: `iter_shard` (streamed, checked reading) and `verify`.
 """
 
-from segframe.data.manifest import (FORMAT, FORMAT_VERSION, MANIFEST, empty_classes, read_manifest, sha256_file,
-                                    shard_urls, split_info)
+from segframe.core.errors import ConversionInProgress, ManifestError
+from segframe.data.manifest import (
+                                    FORMAT,
+                                    FORMAT_VERSION,
+                                    MANIFEST,
+                                    empty_classes,
+                                    read_manifest,
+                                    sha256_file,
+                                    shard_urls,
+                                    split_info,
+)
 from segframe.data.shard_reader import iter_shard, verify
 from segframe.data.shard_writer import wait_for_conversion, write_dataset
-from segframe.errors import ConversionInProgress, ManifestError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "ConversionInProgress", "ManifestError", "empty_classes",
            "iter_shard", "read_manifest", "sha256_file", "shard_urls", "split_info", "verify", "wait_for_conversion",

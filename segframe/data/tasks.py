@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from segframe.core.errors import ConfigError
 from segframe.data.sample import IGNORE_INDEX
-from segframe.errors import ConfigError
 
 TASKS = "tasks"  # the manifest key
 

@@ -1,4 +1,5 @@
-"""Segmentation models: FCN-32s/16s/8s, dilated FCN, and segmentation_models_pytorch's families."""
+"""Segmentation models: FCN-32s/16s/8s, dilated FCN, TernausNet, and segmentation_models_pytorch's
+families, with their backbones and reference weights. Imports `core` and `data` only."""
 
 from segframe.models.base import SegmentationModel, load_matching_weights
 from segframe.models.fcn import FCN

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from segframe.errors import ConfigError, MissingFileError, PretrainedWeightsError, load_problem
+from segframe.core.errors import ConfigError, MissingFileError, PretrainedWeightsError, load_problem
 from segframe.models.caffe import CONV1_PAD
 
 Pretrained = bool | str | os.PathLike

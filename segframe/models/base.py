@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segframe.errors import ConfigError, MissingFileError, load_problem
+from segframe.core.errors import ConfigError, MissingFileError, load_problem
 
 log = logging.getLogger(__name__)
 

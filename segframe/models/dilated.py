@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segframe.errors import ConfigError
+from segframe.core.errors import ConfigError
 from segframe.models.backbones import RESNET_WEIGHTS, Pretrained, ResNetBackbone
 from segframe.models.base import IMAGENET_MEAN, IMAGENET_STD, OUTPUT_STRIDES, SegmentationModel
 from segframe.models.fcn import score_layer

@@ -18,14 +18,13 @@ project tf-image-segmentation do the same).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import logging
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from segframe.errors import ConfigError
+from segframe.core.errors import ConfigError
 from segframe.models.backbones import Pretrained, ResNetBackbone, VGG16Backbone
 from segframe.models.base import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel, load_matching_weights, read_init_file
 from segframe.models.caffe import IDENTITY, compose, crop_like, crop_offset

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from segframe.errors import ConfigError
+from segframe.core.errors import ConfigError
 from segframe.models.backbones import mismatch_report
 
 log = logging.getLogger(__name__)

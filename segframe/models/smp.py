@@ -21,9 +21,15 @@ import torch
 import torchvision
 from torch import nn
 
-from segframe.errors import ConfigError
-from segframe.models.backbones import (RESNET_WEIGHTS, Pretrained, PretrainedWeightsError, load_pretrained,
-                                       mismatch_report, read_weights_file)
+from segframe.core.errors import ConfigError
+from segframe.models.backbones import (
+    RESNET_WEIGHTS,
+    Pretrained,
+    PretrainedWeightsError,
+    load_pretrained,
+    mismatch_report,
+    read_weights_file,
+)
 from segframe.models.base import IMAGENET_MEAN, IMAGENET_STD, OUTPUT_STRIDES, SegmentationModel
 
 log = logging.getLogger(__name__)

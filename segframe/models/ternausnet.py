@@ -32,7 +32,7 @@ import torch
 import torchvision
 from torch import nn
 
-from segframe.errors import ConfigError
+from segframe.core.errors import ConfigError
 from segframe.models.backbones import Pretrained, load_pretrained
 from segframe.models.base import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
 

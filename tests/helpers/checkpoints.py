@@ -16,7 +16,7 @@ def small_fcn_checkpoint(path: Path, seed: int = 0) -> Path:
     score layers are drawn too, so that the classes differ."""
     from hydra.utils import instantiate
 
-    from segframe.module import SegModule
+    from segframe.engine.module import SegModule
 
     torch.manual_seed(seed)
     config = {"_target_": "segframe.models.fcn.FCN", "num_classes": 3, "stride": 8, "backbone": "resnet18",

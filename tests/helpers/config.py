@@ -16,7 +16,7 @@ def compose(overrides: list[str], name: str = "train", return_hydra_config: bool
     (with the `hydra` node too when `return_hydra_config`)."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    from segframe.paths import CONF_DIR  # importing it registers the ${repo_root:} / ${user_conf:} resolvers
+    from segframe.core.paths import CONF_DIR  # importing it registers the ${repo_root:} / ${user_conf:} resolvers
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name=name, overrides=overrides, return_hydra_config=return_hydra_config)

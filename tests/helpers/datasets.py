@@ -17,7 +17,7 @@ from segframe.bench.synthetic import write_sbd_mat  # the tests import it from h
 from segframe.data.sample import decode_sample
 from segframe.data.shards import iter_shard, read_manifest, shard_urls
 from segframe.data.sources import voc
-from segframe.paths import CONF_DIR
+from segframe.core.paths import CONF_DIR
 
 H, W = 24, 32  # the size of the Cityscapes, ADE20K, Kvasir-SEG and folder fixtures' images
 

@@ -23,9 +23,9 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from segframe.core.errors import ConfigError
 from segframe.data.sample import IGNORE_INDEX, RawSample, SampleError
 from segframe.data.sources.files import fingerprint, require
-from segframe.errors import ConfigError
 
 CLASSES = ("background", "manipulator", "shaft")
 PALETTE = [[0, 0, 0], [255, 160, 0], [0, 160, 255]]

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from segframe.core.errors import DatasetNotFoundError
 from segframe.data.sample import RawSample, SampleError, is_8bit_index_png, mask_indices
-from segframe.errors import DatasetNotFoundError
 
 Item = tuple[str, str, "str | None"]
 log = logging.getLogger("segframe")

@@ -16,11 +16,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segframe.data.sample import IGNORE_INDEX, IMAGE_FILE_EXTS, RawSample, SampleError, decode_mask, is_8bit_index_png, mask_indices
-from segframe.data.sources.files import (Item, fingerprint, load_pair, pairs_by_stem, read_file, read_ids,
-                                         require)
+from segframe.core.errors import ConfigError
+from segframe.data.sample import (
+    IGNORE_INDEX,
+    IMAGE_FILE_EXTS,
+    RawSample,
+    SampleError,
+    decode_mask,
+    is_8bit_index_png,
+    mask_indices,
+)
+from segframe.data.sources.files import Item, fingerprint, load_pair, pairs_by_stem, read_file, read_ids, require
 from segframe.data.sources.splits import seeded_split, split_by_lists
-from segframe.errors import ConfigError
 
 MASK_EXTS = ("png", "bmp", "tif", "tiff")
 MASK_FORMATS = ("auto", "index", "rgb")

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from segframe.core.errors import ConfigError
 from segframe.data.sample import RawSample
 from segframe.data.sources.splits import seeded_folds
-from segframe.errors import ConfigError
 
 CLASSES = ("background", "circle", "square", "triangle", "star", "cross")
 PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48))

@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from segframe.core.errors import ConfigError
 from segframe.data.sample import SampleError
 from segframe.data.sources.files import Item
-from segframe.errors import ConfigError
 
 log = logging.getLogger("segframe")
 

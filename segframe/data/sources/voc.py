@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from segframe.core.errors import ConfigError, MissingFileError
 from segframe.data.sample import RawSample, SampleError
 from segframe.data.sources.files import Item, bit_palette, fingerprint, index_png_bytes, load_pair, read_ids, require
-from segframe.errors import ConfigError, MissingFileError
 
 log = logging.getLogger("segframe")
 
