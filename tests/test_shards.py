@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from segframe.data.sample import IGNORE_INDEX, RawSample, SampleError, decode_sample, make_key
-from segframe.data.shards import ManifestError, iter_shard, read_manifest, shard_urls, verify, write_dataset
+from segframe.data.shards import ManifestError, iter_shard, read_manifest, verify, write_dataset
+
+from helpers.datasets import encoded, raw_samples, rgb
 
 
 class ListSource:
@@ -36,15 +37,7 @@ class ListSource:
 
 
 def _jpeg(h: int, w: int, seed: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "JPEG")
-    return buf.getvalue()
-
-
-def _png(h: int, w: int, seed: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
+    return encoded(rgb(seed, h, w), "JPEG")
 
 
 def _mask(h: int, w: int, seed: int, classes: int = 3) -> np.ndarray:
@@ -62,14 +55,9 @@ def _samples(n: int = 5) -> list[RawSample]:
     out = []
     for i in range(n):
         h, w = 17 + i, 23 + 2 * i
-        img = _jpeg(h, w, i) if i % 2 == 0 else _png(h, w, i)
+        img = encoded(rgb(i, h, w), "JPEG" if i % 2 == 0 else "PNG")
         out.append(RawSample(id=ids[i % len(ids)] + ("" if i < len(ids) else str(i)), image=img, mask=_mask(h, w, i)))
     return out
-
-
-def _read_all(shard_dir: Path, split: str) -> dict[str, dict]:
-    manifest = read_manifest(shard_dir)
-    return {s["__key__"]: s for url, n in shard_urls(manifest, split, shard_dir) for s in iter_shard(url, n)}
 
 
 def test_round_trip_preserves_bytes_masks_and_ids(tmp_path):
@@ -78,7 +66,7 @@ def test_round_trip_preserves_bytes_masks_and_ids(tmp_path):
     manifest = write_dataset(ListSource({"train": train, "val": _samples(2)}), out, "toy", CLASSES, PALETTE, shard_size=2)
     assert manifest["splits"]["train"]["num_samples"] == 5
     assert len(manifest["splits"]["train"]["shards"]) == 3  # 2 + 2 + 1
-    read = _read_all(out, "train")
+    read = raw_samples(out, "train")
     for raw in train:
         key = make_key(raw.id)
         assert "." not in key and "/" not in key
@@ -100,7 +88,7 @@ def test_array_images_become_png(tmp_path):
     arr = np.random.default_rng(0).integers(0, 256, (9, 11, 3), dtype=np.uint8)
     write_dataset(ListSource({"train": [RawSample("a", arr, np.zeros((9, 11), np.uint8))]}), tmp_path / "d", "t",
                   CLASSES, PALETTE)
-    (sample,) = _read_all(tmp_path / "d", "train").values()
+    (sample,) = raw_samples(tmp_path / "d", "train").values()
     image, _, _ = decode_sample(sample)
     np.testing.assert_array_equal(image, arr)  # lossless
 
@@ -311,8 +299,7 @@ def test_a_second_conversion_into_the_same_directory_is_refused_while_the_first_
 
 
 def test_sixteen_bit_images_are_refused_not_clipped(tmp_path):
-    buf = io.BytesIO()
-    Image.fromarray(np.full((6, 8), 40000, np.uint16)).save(buf, "PNG")
-    bad = RawSample("deep", buf.getvalue(), np.zeros((6, 8), np.uint8), source="/raw/deep.png")
+    sixteen_bit = encoded(np.full((6, 8), 40000, np.uint16), "PNG")
+    bad = RawSample("deep", sixteen_bit, np.zeros((6, 8), np.uint8), source="/raw/deep.png")
     with pytest.raises(SampleError, match=r"/raw/deep\.png: image mode 'I;16' .* rescale it to 8 bits"):
         write_dataset(ListSource({"train": [bad]}), tmp_path / "d", "t", CLASSES, PALETTE)

@@ -12,22 +12,14 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from segframe.data.sample import SampleError, decode_sample
-from segframe.data.shards import iter_shard, read_manifest, shard_urls, verify, write_dataset
+from segframe.data.sample import SampleError
+from segframe.data.shards import read_manifest, verify, write_dataset
 from segframe.data.sources import voc
 from segframe.data.sources.files import DatasetNotFoundError
 
 from helpers.cli import run_cli
-from helpers.datasets import BT, BV, PT, PV, load_data_yaml, make_sbd, make_voc, voc_image, voc_label
-
-
-def _read(shard_dir: Path, split: str) -> dict[str, tuple[np.ndarray, np.ndarray, dict, dict]]:
-    manifest = read_manifest(shard_dir)
-    out = {}
-    for url, n in shard_urls(manifest, split, shard_dir):
-        for sample in iter_shard(url, n):
-            out[sample["__key__"]] = (*decode_sample(sample, 21), sample)
-    return out
+from helpers.datasets import (BT, BV, PT, PV, load_data_yaml, make_sbd, make_voc, raw_samples, read_split, voc_image,
+                              voc_label)
 
 
 def _convert(source, out: Path, **kw):
@@ -41,9 +33,9 @@ def test_voc_converts_palette_indices_void_and_bytes(tmp_path):
     base = make_voc(tmp_path, ["2007_000032", "2007_000039", "2008_000002"], ["2007_000033", "2009_000001"], value=15)
     manifest = _convert(voc.VOCSource(str(base)), tmp_path / "out")
     assert {s: v["num_samples"] for s, v in manifest["splits"].items()} == {"train": 3, "val": 2}
-    samples = _read(tmp_path / "out", "train")
+    samples = read_split(tmp_path / "out", "train", 21)
     assert sorted(samples) == ["2007_000032", "2007_000039", "2008_000002"]
-    image, mask, meta, raw = samples["2007_000039"]
+    raw, image, mask, meta = samples["2007_000039"]
     # indices read as indices: person is 15 (its RGB colour is (192,128,128)), the outline stays 255
     expected = np.asarray(Image.open(base / "SegmentationClass" / "2007_000039.png"))
     assert np.array_equal(mask, expected) and set(np.unique(mask)) == {0, 15, 255}
@@ -91,7 +83,7 @@ def test_sbd_reads_the_gtcls_struct(tmp_path):
     base = make_sbd(tmp_path, ["2008_000002", "2008_000003"], ["2008_000004"], value=7)
     manifest = _convert(voc.SBDSource(str(base)), tmp_path / "out")
     assert manifest["splits"]["train"]["num_samples"] == 2 and manifest["splits"]["val"]["num_samples"] == 1
-    _, mask, _, raw = _read(tmp_path / "out", "val")["2008_000004"]
+    raw, _, mask, _ = read_split(tmp_path / "out", "val", 21)["2008_000004"]
     expected = voc_label(7, 2)
     expected[expected == 255] = 0
     assert np.array_equal(mask, expected)
@@ -143,9 +135,9 @@ def test_voc_aug_label_sources(tmp_path, mode):
     source = voc.VOCAugSource(str(voc_base), str(sbd_base), split_mode=mode)
     manifest = _convert(source, tmp_path / "out")
     train_ids, val_ids = voc.voc_aug_split(PT, PV, BT, BV, mode)
-    train, val = _read(tmp_path / "out", "train"), _read(tmp_path / "out", "val")
+    train, val = read_split(tmp_path / "out", "train", 21), read_split(tmp_path / "out", "val", 21)
     assert sorted(train) == train_ids and sorted(val) == val_ids
-    for image_id, (_, mask, _, raw) in train.items():
+    for image_id, (raw, _, mask, _) in train.items():
         want = 2 if image_id in set(BT) | set(BV) else 1
         assert want in np.unique(mask) and (3 - want) not in np.unique(mask), image_id
         assert raw["jpg"] == (voc_base / "JPEGImages" / f"{image_id}.jpg").read_bytes()
@@ -160,7 +152,7 @@ def test_voc_aug_takes_sbd_images_when_voc_lacks_them(tmp_path):
     sbd_base = make_sbd(tmp_path, ["s1"], [])
     manifest = _convert(voc.VOCAugSource(str(voc_base), str(sbd_base)), tmp_path / "out")
     assert manifest["splits"]["train"]["num_samples"] == 2
-    raw = _read(tmp_path / "out", "train")["s1"][3]
+    raw = raw_samples(tmp_path / "out", "train")["s1"]
     assert raw["jpg"] == (sbd_base / "img" / "s1.jpg").read_bytes()
 
 

@@ -18,6 +18,8 @@ def run_cli(module: str, *args: str, cwd: Path | None = None, env: dict | None =
                           capture_output=True, text=True, timeout=timeout)
 
 
-def ok(res) -> None:
-    """Assert a `run_cli` result exited 0, showing the ends of its output when it did not."""
+def ok(res) -> str:
+    """Assert a `run_cli` result exited 0, showing the ends of its output when it did not; its stdout
+    and stderr, one after the other."""
     assert res.returncode == 0, f"exit {res.returncode}\nstdout:\n{res.stdout[-3000:]}\nstderr:\n{res.stderr[-5000:]}"
+    return res.stdout + res.stderr

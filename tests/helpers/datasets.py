@@ -7,6 +7,7 @@ test_sources_cityscapes.py, test_sources_ade20k.py and test_sources_folder.py).
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -37,18 +38,25 @@ def save(path: Path, array: np.ndarray, fmt: str | None = None, **kw) -> Path:
     return path
 
 
+def encoded(array: np.ndarray, fmt: str = "JPEG", **kw) -> bytes:
+    """`array` encoded as an image file's bytes, in memory (PIL's `fmt`, its save options in `kw`)."""
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
 # --------------------------------------------------------------------------- converted shards
+
+
+def raw_samples(shard_dir: Path, split: str) -> dict[str, dict]:
+    """key -> raw sample entries (the tar members' bytes, undecoded), for every sample of one split."""
+    manifest = read_manifest(shard_dir)
+    return {s["__key__"]: s for url, n in shard_urls(manifest, split, shard_dir) for s in iter_shard(url, n)}
 
 
 def read_split(shard_dir: Path, split: str, num_classes: int) -> dict[str, tuple[dict, np.ndarray, np.ndarray, dict]]:
     """key -> (raw sample entries, image, mask, meta), for every sample of one split."""
-    manifest = read_manifest(shard_dir)
-    out = {}
-    for url, n in shard_urls(manifest, split, shard_dir):
-        for sample in iter_shard(url, n):
-            image, mask, meta = decode_sample(sample, num_classes)
-            out[sample["__key__"]] = (sample, image, mask, meta)
-    return out
+    return {key: (sample, *decode_sample(sample, num_classes)) for key, sample in raw_samples(shard_dir, split).items()}
 
 
 def nothing_written(shard_dir: Path) -> None:
