@@ -6,18 +6,16 @@ advises is run as printed."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.cli import REPO
+from helpers.cli import REPO, ok, run_cli
 
 # a tiny model and batch on top of the README's lines: the same commands, sized for a test
 SMALL = ["model.backbone=resnet18", "model.pretrained=false", "data.crop_size=32", "datamodule.batch_size=4",
@@ -37,14 +35,8 @@ def readme_commands() -> list[str]:
 def run(command: str, env: dict, cwd: Path, *more: str) -> subprocess.CompletedProcess:
     """A pasted command line: `python -m segframe.X ...` split as a shell would, run by this Python."""
     words = shlex.split(command)
-    assert words[:2] == ["python", "-m"], command
-    return subprocess.run([sys.executable, *words[1:], *more], cwd=cwd, env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=600)
-
-
-def ok(res: subprocess.CompletedProcess) -> str:
-    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    return res.stdout + res.stderr
+    assert words[:2] == ["python", "-m"] and words[2].startswith("segframe."), command
+    return run_cli(words[2].removeprefix("segframe."), *words[3:], *more, cwd=cwd, env=env)
 
 
 def images(root: Path, n: int = 12) -> list[np.ndarray]:
@@ -191,8 +183,6 @@ def test_palette_png_masks_from_an_annotation_tool_end_to_end(tmp_path):
 
 
 def test_a_described_dataset_may_not_take_a_shipped_name(tmp_path):
-    from helpers.cli import run_cli
-
     res = run_cli("convert", "data=folder", "data.name=voc", f"data.root={tmp_path}", "data.classes=[a,b]",
                   env={"SEGFRAME_DATA": str(tmp_path / "data")}, cwd=tmp_path)
     assert res.returncode == 1 and "segframe ships a dataset of that name" in res.stderr
