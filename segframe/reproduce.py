@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nnot recording {result_path(name)}: {reason}")
     elif not failed:
         written = write_result(name, record(name, seeds, overrides, rows, runs, reference, folds))
-        print(f"\nwrote {written}; `python -m segframe.results` updates the README table")
+        print(f"\nwrote {written}; `python -m segframe.results` updates docs/reproducing.md and README.md")
     if failed:
         print(f"{len(failed)} run(s) failed: {[r['run_dir'] for r in failed]}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""Your own data the way a user meets it: the README's "Your own data" commands, pasted as they are
+"""Your own data the way a user meets it: the "Your own data" commands of docs/datasets.md, pasted as they are
 (with the fixture's paths), through the real CLI, for the three mask styles users bring: binary 0/255
 PNGs, RGB colour-coded masks, and palette PNGs from an annotation tool. Every command a message
 advises is run as printed."""
@@ -17,16 +17,16 @@ from PIL import Image
 
 from helpers.cli import REPO, ok, run_cli
 
-# a tiny model and batch on top of the README's lines: the same commands, sized for a test
+# a tiny model and batch on top of the docs' lines: the same commands, sized for a test
 SMALL = ["model.backbone=resnet18", "model.pretrained=false", "data.crop_size=32", "datamodule.batch_size=4",
          "datamodule.eval_batch_size=4", "datamodule.num_workers=0", "report.num_images=2"]
 SIZE = (40, 48)
 
 
 def readme_commands() -> list[str]:
-    """The command lines of the README's "Your own data" block."""
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("### Your own data"):]
+    """The command lines of the "Your own data" block of docs/datasets.md."""
+    text = (REPO / "docs" / "datasets.md").read_text()
+    section = text[text.index("## Your own data"):]
     block = section[section.index("```bash") + len("```bash"):]
     block = block[:block.index("```")]
     return [line.strip() for line in block.splitlines() if line.strip().startswith("python -m segframe.")]
@@ -77,7 +77,7 @@ def palette_of(png: Path, n: int) -> list[list[int]]:
 
 def use(commands: list[str], root: Path, tmp_path: Path, env: dict, name: str, classes: list[str],
         colours: list[list[int]]) -> None:
-    """The README's commands after the convert: browse, train 2 epochs, eval, predict; the outputs
+    """The docs' commands after the convert: browse, train 2 epochs, eval, predict; the outputs
     carry the dataset's class names and colours."""
     browse, train, evaluate, predict = commands[1:]
     assert "browse-" in ok(run(pasted(browse.replace("cells", name), root), env, tmp_path,
@@ -96,11 +96,11 @@ def use(commands: list[str], root: Path, tmp_path: Path, env: dict, name: str, c
     assert len(masks) == 12 and palette_of(masks[0], len(colours)) == colours
 
 
-def test_the_readme_says_before_the_commands_how_to_train_offline():
+def test_the_docs_say_before_the_commands_how_to_train_offline():
     """The train line downloads VGG16 weights: a user without network must learn the option before
     running it, not from its error."""
-    text = (REPO / "README.md").read_text()
-    before = text[text.index("### Your own data"):]
+    text = (REPO / "docs" / "datasets.md").read_text()
+    before = text[text.index("## Your own data"):]
     before = before[:before.index("```bash")]
     assert "Offline" in before and "model.pretrained=/path/to/vgg16-397923af.pth" in before
     assert "model.pretrained=false" in before
@@ -108,7 +108,7 @@ def test_the_readme_says_before_the_commands_how_to_train_offline():
 
 @pytest.mark.slow  # a CLI end-to-end run (>15 s): CI runs it with the slow set
 def test_binary_masks_the_advised_commands_work_as_pasted(tmp_path):
-    """0/255 masks converted as the README's first line says: the converter warns and prints a command,
+    """0/255 masks converted as the docs' first line says: the converter warns and prints a command,
     training refuses and prints one; both run as printed; then data=cells serves every command."""
     root, env = tmp_path / "cells", {"SEGFRAME_DATA": str(tmp_path / "data")}
     for i, m in enumerate(images(root)):

@@ -178,11 +178,11 @@ def test_comparison_table_ranks_families_by_mean_miou(tmp_path):
     assert lines[4].startswith("| `c` | FPN") and "not run yet" in lines[4]
 
 
-def test_readme_results_table_is_generated_from_the_files():
+def test_results_tables_in_the_docs_and_readme_are_generated_from_the_files():
     res = run_cli("results", "--check", cwd=REPO)
     assert res.returncode == 0, res.stderr
-    assert all(f"`{p.stem}`" in (REPO / "README.md").read_text()
-               for p in EXPERIMENTS_DIR.glob("*.yaml"))
+    for page in ("docs/reproducing.md", "README.md"):  # the full table, and the README's short one
+        assert all(f"`{p.stem}`" in (REPO / page).read_text() for p in EXPERIMENTS_DIR.glob("*.yaml")), page
 
 
 @pytest.mark.slow  # a real VGG16 trained twice on the CPU (~70 s on 2 idle cores): CI runs it with the slow set

@@ -53,8 +53,8 @@ def test_every_logger_choice_composes_and_the_default_is_csv_and_tensorboard():
     assert "logger" not in compose(["logger=[]"])
     nodes = compose(["logger=[csv,tensorboard,mlflow,wandb]", "logger.mlflow.log_checkpoint=true"]).logger
     assert list(nodes) == ["csv", "tensorboard", "mlflow", "wandb"] and nodes.mlflow.log_checkpoint is True
-    # every `logger=` a user is shown (README) or a test uses composes
-    used = _logger_overrides((REPO / "README.md").read_text())
+    # every `logger=` a user is shown (README, docs) or a test uses composes
+    used = [o for p in [REPO / "README.md", *(REPO / "docs").glob("*.md")] for o in _logger_overrides(p.read_text())]
     used += [o for p in (REPO / "tests").glob("*.py") for o in _logger_overrides(p.read_text())]
     for value in sorted(set(used) | {"csv", "tensorboard", "mlflow", "wandb", "[csv,mlflow]", "[csv,wandb]"}):
         OmegaConf.to_container(compose([f"logger={value}"]), resolve=True)
