@@ -241,7 +241,7 @@ def test_the_dynamo_exporter_when_onnxscript_is_installed(ckpts, tmp_path):
     out = tmp_path / "m.onnx"
     side = exporting.export_checkpoint(str(ckpts("fcn8s")), "onnx", out, {**OPTS, "exporter": "dynamo"})
     assert side["exporter"] == "dynamo" and side["opset"] >= 18 and side["parity"]["max_abs_logit_diff"] <= 1e-4
-    assert [i.name for i in onnx_session(out).get_inputs()] == ["images"]  # the name README's snippet feeds
+    assert [i.name for i in onnx_session(out).get_inputs()] == ["images"]  # the name docs/export.md's snippet feeds
     assert load_exported(out)(torch.rand(1, 3, 33, 65)).shape == (1, 6, 33, 65)
 
 

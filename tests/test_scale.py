@@ -213,7 +213,7 @@ def test_auto_convert_waits_for_a_conversion_already_running(tmp_path):
 
 
 def test_torchrun_launch_as_documented_with_unconverted_data(tmp_path):
-    """The README's torchrun line on one node: torchrun starts both processes (Lightning starts
+    """The torchrun line on one node of docs/scaling.md: torchrun starts both processes (Lightning starts
     none), both find the dataset unconverted at once, one converts it, and training runs under DDP."""
     import os
     import subprocess

@@ -174,7 +174,7 @@ def test_the_choice_is_the_same_on_a_busy_machine_and_an_idle_one():
     """The issue's case: two busy processes on a 2-core machine turned the wall-clock probe's 2.4x into
     1.08x, and fp32 was chosen (and cached). The probe times compute, in one thread, by its CPU time:
     busy processes beside it do not change the verdict. (The earlier probe, threads=None and
-    clock=time.perf_counter, gave 1.0-1.2x here with them: README "The automatic choice under load".)"""
+    clock=time.perf_counter, gave 1.0-1.2x here with them: docs/performance.md, "The automatic choice under load".)"""
     import os
 
     idle = speed.probe()

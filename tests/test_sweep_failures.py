@@ -110,7 +110,7 @@ def test_continuing_a_kept_optuna_study_draws_new_trials(tmp_path):
     _optuna_task(tmp_path)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     storage = f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}"
-    for _ in range(2):  # the same command twice: the README's "the same command continues it"
+    for _ in range(2):  # the same command twice: docs/scaling.md's "the same command continues it"
         res = subprocess.run([sys.executable, "task.py", "-m", storage], cwd=tmp_path, capture_output=True,
                              text=True, timeout=300, env=env)
         assert res.returncode == 0, res.stderr[-3000:]
