@@ -51,6 +51,15 @@ def test_train_writes_every_output(trained):
     assert ckpt["epoch"] == 2  # epochs completed
 
 
+def test_checkpoint_saves_and_loads_log_no_weights_only_notice(trained):
+    """Lightning logs "`weights_only` was not set, defaulting to `False`" at every checkpoint save whose
+    caller leaves it unset (issue 27): segframe says what it saves and loads."""
+    _, run = trained
+    text = (run / "train.log").read_text()
+    assert "epoch 2/2" in text and "Restoring states from the checkpoint" in text  # the log has the saves and the load
+    assert "weights_only" not in text, [line for line in text.splitlines() if "weights_only" in line]
+
+
 def test_predictions_grid_has_image_gt_prediction_rows(trained):
     from PIL import Image
 

@@ -218,7 +218,9 @@ class LastCheckpoint(Checkpoint):
             logger.save()
         self._saved_step = trainer.global_step  # before the save: state_dict() is part of the checkpoint
         start = time.monotonic()
-        trainer.save_checkpoint(self.path)
+        # the whole training state (optimizer, schedule, loops: resume needs it); said, not left to
+        # Lightning's default, which logs "`weights_only` was not set" at every save
+        trainer.save_checkpoint(self.path, weights_only=False)
         self._saved_at = time.monotonic()
         log.debug("wrote %s (step %d) in %.0f ms", self.path, trainer.global_step, 1000 * (self._saved_at - start))
 

@@ -84,18 +84,20 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             log.info("evaluate_only: evaluating the weights of %s on split %s", weights["init_from"], split)
             trainer.test(module, datamodule=dm, verbose=False)
             eval_seconds = time.time() - start
-            trainer.save_checkpoint(best)  # the weights as evaluated, as a checkpoint eval, predict and export take
+            # the weights as evaluated, as a checkpoint eval, predict and export take (full: as last.ckpt is)
+            trainer.save_checkpoint(best, weights_only=False)
         else:
             try:
                 with mid_epoch_resume(resume):
-                    trainer.fit(module, datamodule=dm, ckpt_path=str(resume.path) if resume else None)
+                    trainer.fit(module, datamodule=dm, ckpt_path=str(resume.path) if resume else None,
+                                weights_only=True)  # a checkpoint is data, never code
             except Requeued as exc:  # SLURM will start this same command again; resume=auto picks it up
                 log.warning("%s; stopping here", exc)
                 return float("nan")
             fit = clock.record()
             best = best_cb.best_model_path or str(ckpt_dir / LAST)
             log.info("evaluating %s on split %s", best, split)
-            trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
+            trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False, weights_only=True)
         if not trainer.is_global_zero:
             return float("nan")
         examples = predict_examples(module, dm.eval_dataloader(split), cfg.report.num_images) \
