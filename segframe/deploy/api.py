@@ -21,7 +21,8 @@ import torch
 from segframe.core.errors import ConfigError, InputError, MissingFileError, SampleError
 from segframe.data.colours import colorize
 from segframe.data.sample import decode_image, pil_rgb
-from segframe.deploy.exported import check_inference, is_exported, load_exported, read_sidecar
+from segframe.deploy.exported import check_inference, load_exported
+from segframe.deploy.sidecar import export_command, is_exported, read_sidecar
 from segframe.engine.checkpoint import load_checkpoint, module_from_checkpoint
 from segframe.engine.components import INFERENCE_KEYS
 from segframe.evaluation.inference import check_options, infer, probabilities
@@ -154,8 +155,7 @@ def load_model(path: str | Path, device: str = "auto", scales: Sequence[float] |
     target = _device(device)
     if is_exported(path):  # onnxruntime (the export extra) is imported only for an .onnx file
         if not path.is_file():
-            raise MissingFileError(f"exported model {path} does not exist "
-                                   f"(`python -m segframe.export ckpt=... format=onnx` writes one)")
+            raise MissingFileError(f"exported model {path} does not exist; make it: {export_command(path)}")
         exported = load_exported(str(path))
         return Segmenter(exported, exported.classes, exported.palette, options, target, str(path))
     module = module_from_checkpoint(load_checkpoint(str(path), command="predict"), options)

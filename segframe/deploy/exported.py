@@ -4,13 +4,13 @@ sidecar JSON checked, the graph loaded, and called like a segframe model.
 The graph takes images [B,3,H,W] of any size (float32 RGB in [0,1], or uint8 0..255 when exported
 with `export.input=uint8`); normalisation and padding happen inside it. It returns logits
 [B,C,H,W] or class ids [B,H,W] (`export.outputs=labels`). Classes, palette and how it was made are
-in the sidecar `<graph>.json` beside it, with the graph's sha256: loading checks that the two belong
-together (check_pair) and refuses a graph beside another export's sidecar.
+in the sidecar `<graph>.json` beside it (segframe.deploy.sidecar), with the graph's size and sha256:
+loading checks that the two belong together (check_pair) and refuses a graph beside another
+export's sidecar, or one whose export stopped before its sidecar was written.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from collections.abc import Callable
@@ -20,83 +20,21 @@ from typing import Any
 import torch
 
 from segframe.core.errors import ConfigError, ExportError, MissingFileError
-from segframe.data.manifest import sha256_file
+from segframe.deploy.sidecar import (
+    export_command,
+    graph_differs,
+    graph_kind,
+    interrupted,
+    read_sidecar,
+    sidecar_path,
+    stopped_export,
+)
 from segframe.evaluation.inference import single_pass
 
 log = logging.getLogger(__name__)
 
-FORMAT, FORMAT_VERSION = "segframe-export", 1
-ONNX_SUFFIXES = (".onnx",)
-TORCHSCRIPT_SUFFIXES = (".pt", ".ts", ".torchscript")
-GRAPH_SUFFIXES = ONNX_SUFFIXES + TORCHSCRIPT_SUFFIXES
-REQUIRED_KEYS = ("graph", "input", "outputs", "classes", "palette", "num_classes")
 INSTALL_HINT = 'pip install "segframe[export]"'
 PROBE_SIZE = 32  # a multiple of every model's pad_multiple: the probe input needs no padding
-
-
-def is_exported(path: str | Path) -> bool:
-    """Whether `path` names an exported graph (by its suffix) rather than a Lightning checkpoint."""
-    return Path(path).suffix.lower() in GRAPH_SUFFIXES
-
-
-def graph_kind(path: str | Path) -> str:
-    suffix = Path(path).suffix.lower()
-    if suffix in ONNX_SUFFIXES:
-        return "onnx"
-    if suffix in TORCHSCRIPT_SUFFIXES:
-        return "torchscript"
-    raise ExportError(f"{path}: not an exported graph (suffixes: {', '.join(GRAPH_SUFFIXES)})")
-
-
-def export_command(graph: str | Path, sidecar: dict[str, Any] | None = None) -> str:
-    """The command that (re)writes `graph` and its sidecar; with a sidecar, from the checkpoint it
-    names and with its options, so that the pair it describes is made again."""
-    fmt = graph_kind(graph) if is_exported(graph) else "onnx"
-    side = sidecar if isinstance(sidecar, dict) else {}
-    extra = "".join([" export.outputs=labels" if side.get("outputs") == "labels" else "",
-                     " export.input=uint8" if (side.get("input") or {}).get("dtype") == "uint8" else ""])
-    return f"python -m segframe.export ckpt={side.get('checkpoint') or 'CHECKPOINT'} format={fmt} output={graph}{extra}"
-
-
-def sidecar_path(graph: str | Path) -> Path:
-    """The sidecar JSON of an exported graph: `<graph>.json` (model.onnx -> model.onnx.json)."""
-    graph = Path(graph)
-    return graph.with_name(graph.name + ".json")
-
-
-def read_sidecar(graph: str | Path) -> dict[str, Any]:
-    """The checked sidecar of `graph`; a missing, unreadable or foreign one raises ExportError."""
-    path = sidecar_path(graph)
-    fix = f"re-export it: {export_command(graph)}"
-    if not path.is_file():
-        raise ExportError(f"{graph} has no sidecar {path} (classes, palette, input and output format); {fix}")
-    try:
-        side = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ExportError(f"sidecar {path} of {graph} cannot be read ({type(exc).__name__}: {exc}); {fix}") from exc
-    if not isinstance(side, dict) or side.get("format") != FORMAT:
-        raise ExportError(f"{path} is not a segframe export sidecar (format != {FORMAT!r}); {fix}")
-    if side.get("format_version") != FORMAT_VERSION:
-        raise ExportError(f"{path} has format_version {side.get('format_version')!r}; this segframe reads "
-                          f"{FORMAT_VERSION}; {fix}")
-    missing = [k for k in REQUIRED_KEYS if k not in side]
-    if missing:
-        raise ExportError(f"{path} lacks the key(s) {missing}; {fix}")
-    problems = []
-    if side["outputs"] not in ("logits", "labels"):
-        problems.append(f"outputs={side['outputs']!r} (logits or labels)")
-    if not isinstance(side["input"], dict) or side["input"].get("dtype") not in ("float32", "uint8"):
-        problems.append(f"input={side['input']!r} (dtype float32 or uint8)")
-    if not (isinstance(side["classes"], list) and isinstance(side["palette"], list)
-            and isinstance(side["num_classes"], int) and len(side["classes"]) == side["num_classes"]
-            and len(side["palette"]) >= side["num_classes"]):
-        problems.append(f"num_classes={side['num_classes']!r} does not fit classes={side['classes']!r} and "
-                        f"palette={side['palette']!r}")
-    if side["graph"] != graph_kind(graph):
-        problems.append(f"graph={side['graph']!r} but {Path(graph).name} is {graph_kind(graph)}")
-    if problems:
-        raise ExportError(f"{path}: {'; '.join(problems)}; {fix}")
-    return side
 
 
 def _onnxruntime() -> Any:
@@ -221,7 +159,7 @@ def load_exported(path: str | Path) -> ExportedModel:
     (onnxruntime, CUDA when available) or a TorchScript file (torch.jit.load, CPU)."""
     path = Path(path)
     if not path.is_file():
-        raise MissingFileError(f"exported model {path} does not exist (make one: {export_command(path)})")
+        raise MissingFileError(f"exported model {path} does not exist; make it: {export_command(path)}")
     kind = graph_kind(path)
     side = read_sidecar(path)
     declared: dict[str, Any] = {}
@@ -234,7 +172,10 @@ def load_exported(path: str | Path) -> ExportedModel:
     except ExportError:
         raise
     except Exception as exc:  # a truncated or foreign file
-        raise ExportError(f"{path} cannot be loaded as a {kind} graph ({type(exc).__name__}: {exc}); "
+        size = side.get("graph_bytes")
+        short = f" (it is {path.stat().st_size} bytes, its sidecar recorded {size}: an incomplete copy?)" \
+            if isinstance(size, int) and size != path.stat().st_size else ""
+        raise ExportError(f"{path} cannot be loaded as a {kind} graph ({type(exc).__name__}: {exc}){short}; "
                           f"re-export it: {export_command(path, side)}") from exc
     model = ExportedModel(path, side, runner, kind)
     check_pair(model, declared)
@@ -244,9 +185,10 @@ def load_exported(path: str | Path) -> ExportedModel:
 def check_pair(model: ExportedModel, declared: dict[str, Any]) -> None:
     """Refuse a graph and a sidecar that do not belong together, naming both files and what
     differs: the input dtype (ONNX declares it), the output kind and class count (ONNX declares
-    them; a probe run shows them for every graph), and the graph's sha256 the sidecar recorded at
-    export. Sidecars written before that hash was recorded still load, checked on the rest (and a
-    warning says to export again)."""
+    them; a probe run shows them for every graph), and the graph's size and sha256 the sidecar
+    recorded at export (sidecar.graph_differs: hashed on every load, a fraction of what building the
+    session costs). Sidecars written before that hash was recorded still load, checked on the rest
+    (and a warning says to export again)."""
     path, side_path, side = model.path, sidecar_path(model.path), model.sidecar
     differ = []
     found = dict(declared)
@@ -264,16 +206,17 @@ def check_pair(model: ExportedModel, declared: dict[str, Any]) -> None:
     elif found.get("num_classes", model.num_classes) != model.num_classes:
         differ.append(f"the graph outputs {found['num_classes']} classes but its sidecar ({side_path.name}) "
                       f"names {model.num_classes}")
-    recorded = side.get("graph_sha256")
-    actual = sha256_file(path) if recorded and not differ else recorded
-    if actual != recorded:
-        differ.append(f"the graph's sha256 is {actual[:12]}... but the sidecar was written for a graph with "
-                      f"{recorded[:12]}... (the graph was replaced, or exported again without this sidecar)")
+    file_differs = None if differ else graph_differs(path, side)  # the hash only when nothing else told
+    differ += [file_differs] if file_differs else []
+    stopped = interrupted(path) if differ else None  # (hashes the graph only where a partial sidecar is left)
+    if stopped:
+        raise ExportError(f"{path} and its sidecar {side_path} do not belong together: {'; '.join(differ)}; "
+                          f"{stopped_export(path, stopped)}")
     if differ:
         raise ExportError(f"{path} and its sidecar {side_path} do not belong together: {'; '.join(differ)}. "
                           f"Keep each graph with the sidecar written beside it, or export the pair again: "
                           f"{export_command(path, side)}")
-    if not recorded:
+    if not side.get("graph_sha256"):
         log.warning("%s records no graph_sha256 (written before segframe recorded it): checked on its input, "
                     "outputs and class count only; export again to record it: %s", side_path,
                     export_command(path, side))

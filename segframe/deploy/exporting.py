@@ -1,6 +1,8 @@
 """What `python -m segframe.export` does: a checkpoint's model as a deployable graph (ONNX or
 TorchScript) that takes images of any size, checked against eager PyTorch on images of odd sizes,
-written with its sidecar JSON atomically (nothing is written when the check fails)."""
+written with its sidecar JSON (nothing is written when the check fails): the graph renamed into place
+first, the sidecar (with the graph's size and sha256) last, so that a graph is never loaded beside a
+sidecar not its own (write_pair)."""
 
 from __future__ import annotations
 
@@ -22,12 +24,14 @@ from segframe.core.config import check_keys, plain
 from segframe.core.errors import ExportError
 from segframe.core.progress import Eta
 from segframe.data.manifest import sha256_file
-from segframe.deploy.exported import (
+from segframe.deploy.exported import INSTALL_HINT, graph_runner
+from segframe.deploy.sidecar import (
     FORMAT,
     FORMAT_VERSION,
-    INSTALL_HINT,
+    TORCHSCRIPT_OPSET,
     TORCHSCRIPT_SUFFIXES,
-    graph_runner,
+    export_command,
+    partial_sidecar_path,
     sidecar_path,
 )
 from segframe.engine.checkpoint import load_checkpoint, module_from_checkpoint, trained_data
@@ -35,7 +39,6 @@ from segframe.engine.checkpoint import load_checkpoint, module_from_checkpoint, 
 FORMATS = {"onnx": ".onnx", "torchscript": ".ts"}
 EXPORTERS = ("auto", "dynamo", "torchscript")
 PARITY_SIZES = ((2, 37, 53), (1, 64, 45), (1, 101, 77))  # (batch, H, W): odd sizes, and a batch of 2
-TORCHSCRIPT_OPSET = 17
 
 
 class Deployable(nn.Module):
@@ -160,7 +163,6 @@ def export_checkpoint(ckpt_path: str, fmt: str, output: Path, opts: dict[str, An
     example = images[0] if wrapper.uint8_input else images[0].float() / 255.0
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp_graph = output.with_name(f".{output.name}.partial{output.suffix}")
-    tmp_side = output.with_name(f".{output.name}.json.partial")
     exporters = ["dynamo", "torchscript"] if opts["exporter"] == "auto" else [opts["exporter"]]
     if fmt == "torchscript":
         exporters = ["jit.trace"]
@@ -192,7 +194,8 @@ def export_checkpoint(ckpt_path: str, fmt: str, output: Path, opts: dict[str, An
         hp = ckpt["hyper_parameters"]
         sidecar = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "graph": fmt,
-            "graph_sha256": sha256_file(tmp_graph),  # load_exported refuses a graph that is not this one
+            # load_exported refuses a graph that is not this one (sidecar.graph_differs)
+            "graph_sha256": sha256_file(tmp_graph), "graph_bytes": tmp_graph.stat().st_size,
             "input": {"dtype": "uint8" if wrapper.uint8_input else "float32", "layout": "NCHW", "channels": "RGB",
                       "range": [0, 255] if wrapper.uint8_input else [0, 1], "height": "any", "width": "any"},
             "outputs": opts["outputs"], "labels_dtype": "int64" if wrapper.labels else None,
@@ -208,13 +211,58 @@ def export_checkpoint(ckpt_path: str, fmt: str, output: Path, opts: dict[str, An
                        "reference": "eager PyTorch, CPU, float32", "runtime": "onnxruntime CPU" if fmt == "onnx"
                        else "torch.jit.load CPU", "onnxruntime": _ort_version() if fmt == "onnx" else None},
         }
-        tmp_side.write_text(json.dumps(sidecar, indent=2, default=_json_default) + "\n")
-        os.replace(tmp_graph, output)
-        os.replace(tmp_side, sidecar_path(output))
+        write_pair(tmp_graph, output, sidecar)
         return sidecar
     finally:
-        for tmp in (tmp_graph, tmp_side):
-            tmp.unlink(missing_ok=True)
+        tmp_graph.unlink(missing_ok=True)
+
+
+def _synced(path: Path) -> None:
+    """Flush `path` (a file or a folder's entries) to the disk, where the system lets one."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a folder on Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_pair(tmp_graph: Path, output: Path, sidecar: dict[str, Any]) -> None:
+    """Put the checked graph `tmp_graph` at `output` and `sidecar` at `<output>.json`, the sidecar
+    last: its rename is what finishes an export. Until then `output` is the old graph with its old
+    sidecar, or the new graph beside a sidecar recording another graph's sha256 (or beside none):
+    load_exported refuses that, naming `.<output>.json.partial`, which is left for it. An old sidecar
+    that records no sha256 (written before segframe recorded it) is removed before the graph is
+    replaced, as it could not tell the new graph from the old."""
+    side, partial = sidecar_path(output), partial_sidecar_path(output)
+    try:
+        partial.write_text(json.dumps(sidecar, indent=2, default=_json_default) + "\n")
+        _synced(partial)
+        _synced(tmp_graph)
+        if side.is_file() and not _records_hash(side):
+            side.unlink()
+        os.replace(tmp_graph, output)
+    except BaseException:  # the old graph is still in place: nothing of this export is left
+        partial.unlink(missing_ok=True)
+        raise
+    try:
+        os.replace(partial, side)
+    except OSError as exc:
+        raise ExportError(f"wrote the graph {output} but not its sidecar {side} ({type(exc).__name__}: {exc}); "
+                          f"loading refuses the graph until its sidecar is there (the sidecar is left in "
+                          f"{partial}): export again: {export_command(output, sidecar)}") from exc
+    _synced(output.parent)
+
+
+def _records_hash(side: Path) -> bool:
+    try:
+        return bool(json.loads(side.read_text()).get("graph_sha256"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _ort_version() -> str:

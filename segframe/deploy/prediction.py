@@ -19,7 +19,8 @@ from segframe.core.errors import ConfigError, MissingFileError, SampleError
 from segframe.core.progress import track
 from segframe.data.colours import overlay, save_index_png
 from segframe.data.sample import READABLE_IMAGE_EXTS, decode_image
-from segframe.deploy.exported import ExportedModel, is_exported, load_exported
+from segframe.deploy.exported import ExportedModel, load_exported
+from segframe.deploy.sidecar import is_exported
 from segframe.engine import components
 from segframe.engine.checkpoint import load_checkpoint, module_from_checkpoint
 from segframe.evaluation.inference import check_options, infer
