@@ -100,6 +100,7 @@ def export_command(graph: str | Path, sidecar: dict[str, Any] | None = None) -> 
     (where export puts a graph by default), else `ckpt=CHECKPOINT` and where to find one."""
     graph = Path(graph)
     side = sidecar if isinstance(sidecar, dict) else _json(sidecar_path(graph))
+    side = side if sidecar is not None or side.get("format") == FORMAT else {}  # another tool's JSON says nothing
     fmt = graph_kind(graph) if is_exported(graph) else "onnx"
     named = side.get("checkpoint") if isinstance(side.get("checkpoint"), str) and side.get("checkpoint") else None
     beside = graph.with_suffix(".ckpt")
