@@ -3,7 +3,7 @@
 With `-m` (multirun) each value combination is one run; the sweep directory gets a
 summary table of every run's overrides and metrics when the sweep ends. Launchers
 (hydra/launcher=joblib, slurm, submitit_local), an Optuna search (hparams_search=optuna_lr_wd)
-and which multi-GPU layouts a sweep can use: segframe/experiments/sweep.py and README "Sweeps".
+and which multi-GPU layouts a sweep can use: segframe/experiments/sweep.py and docs/scaling.md, "Sweeps".
 """
 
 from pathlib import Path

@@ -8,8 +8,8 @@ is lent (the `device` tool's 15 minutes), prepared to finish in under 8 minutes 
   2. GPU tests  the GPU-only knob tests (fp16-mixed, cudnn.benchmark, pin_memory) and the auto-choice tests
 
 Each step runs in its own process with a time limit; its output goes to DIR/<step>.log and the
-summary (exit code and seconds per step) to DIR/summary.txt. Paste the figures into the README's
-Performance section.
+summary (exit code and seconds per step) to DIR/summary.txt. The figures go into docs/performance.md,
+in the GPU's own section (the one they replace moves to docs/changelog.md with its date).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ def user_datasets() -> str:
     names = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
     line = (f"data, your own (in {folder}): {', '.join(names)}" if names else
             "data, your own: none yet (python -m segframe.convert data=folder data.name=NAME data.root=... "
-            "\"data.classes=[...]\" describes one: README \"Your own data\")")
+            "\"data.classes=[...]\" describes one: docs/datasets.md, \"Your own data\")")
     return line.replace("$", "$$")  # Hydra fills the help page in with string.Template
 
 
@@ -51,6 +51,10 @@ def register_resolvers() -> None:
     # `classes: ${task_classes:${data.task_classes},${data.task},NAME}`: data.task picks a task's classes
     if not OmegaConf.has_resolver("task_classes"):
         OmegaConf.register_new_resolver("task_classes", task_classes)
+    # `backbone: ${alias:${.encoder},resnet34}`: a key's other name (model.encoder for model.backbone) when
+    # that is set, else the default; the component refuses the two set to different values
+    if not OmegaConf.has_resolver("alias"):
+        OmegaConf.register_new_resolver("alias", lambda other, default: default if other is None else other)
     # `--help` (conf/hydra/help/segframe.yaml): the user's own datasets beside the shipped ones
     if not OmegaConf.has_resolver("user_datasets"):
         OmegaConf.register_new_resolver("user_datasets", user_datasets)

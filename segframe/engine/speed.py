@@ -1,5 +1,5 @@
 """`trainer.precision=auto` and `module.channels_last=auto`: the speed knobs chosen from what the
-device can do, since defaults measured on one CPU are wrong on the next (README "Performance").
+device can do, since defaults measured on one CPU are wrong on the next (docs/performance.md).
 
 Two settings are candidates: fp32 in NCHW (always correct, the fallback) and bf16 autocast with
 channels_last weights and inputs (tensor cores on a GPU; bf16 matrix or vector units on a CPU).

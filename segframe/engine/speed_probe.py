@@ -35,7 +35,7 @@ def probe(seconds: float = 1.0, size: int = 128, batch: int = 4, threads: int | 
     other processes on the machine do not change. The wall clock of a multi-threaded step (`threads=None`,
     `clock=time.perf_counter`, the probe before 2026-12) measures the waits of its threads for each other
     too: with two busy processes on 2 cores both sides took ~750 ms and the 2.4x of an idle machine
-    read as 1.08x (README "Performance", "The automatic choice under load")."""
+    read as 1.08x (docs/performance.md, "The automatic choice under load")."""
     before = torch.get_num_threads()
     try:
         if threads:

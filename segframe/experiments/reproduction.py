@@ -85,7 +85,7 @@ def train_run(name: str, seed: int, out: Path, overrides: list[str], log: Any = 
             "git_commit": metrics.get("git_commit"), "steps": metrics.get("steps"),
             "init_from": extra[0].split("=", 1)[1] if extra else metrics.get("init_from"),
             **{k: metrics.get(k) for k in METRICS},
-            # what the model costs (README "Model comparison"), and the precision and layout it trained in
+            # what the model costs (docs/reproducing.md, "Model comparison"), and the precision and layout it trained in
             # (trainer.precision / module.channels_last, `auto` resolved); absent from runs made before they
             # were recorded
             **{k: metrics.get(k) for k in (*SIZE_KEYS, *EVALUATED_KEYS, "speed_knobs") if k in metrics}}

@@ -1,4 +1,4 @@
-"""How big a model is: parameters, and FLOPs of one forward pass (README "Models", the comparison)."""
+"""How big a model is: parameters, and FLOPs of one forward pass (docs/models.md, and the comparison in docs/reproducing.md)."""
 
 from __future__ import annotations
 
