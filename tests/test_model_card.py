@@ -40,7 +40,7 @@ def test_card_shows_every_field():
         # data and split
         "| dataset | shapes |", "| train split | train (600 images) |", "| evaluated on | val (100 images) |",
         # model
-        "| family (_target_) | segframe.models.fcn.FCN |", "| backbone / encoder | resnet18 |",
+        "| family (_target_) | segframe.models.fcn.FCN |", "| backbone | resnet18 |",
         "| parameters | 11,234,567 |",
         "| output stride | 32 |", "| GFLOPs | 4.321 at 96x96 |", "background, circle",
         # recipe

@@ -164,15 +164,15 @@ def test_only_parameters_no_output_depends_on_are_frozen(arch, frozen) -> None:
 def test_bad_choices_are_refused_before_any_work() -> None:
     with pytest.raises(ValueError, match="model.arch='Unet3'.*deeplabv3plus"):
         SmpModel(C, "Unet3", "resnet18")
-    with pytest.raises(ValueError, match="model.encoder='resnet19'"):
+    with pytest.raises(ValueError, match="model.backbone='resnet19'"):
         SmpModel(C, "Unet", "resnet19")
-    with pytest.raises(ValueError, match="model.encoder='tu-no_such_net'"):
+    with pytest.raises(ValueError, match="model.backbone='tu-no_such_net'"):
         SmpModel(C, "Unet", "tu-no_such_net")
     with pytest.raises(ValueError, match="model.output_stride applies to deeplabv3"):
         SmpModel(C, "Unet", "resnet18", output_stride=8)
     with pytest.raises(ValueError, match="model.output_stride must be one of"):
         DilatedFCN(C, "resnet18", 32)
-    with pytest.raises(ValueError, match="unknown backbone 'vgg16' for fcn_dilated"):
+    with pytest.raises(ValueError, match="model.backbone='vgg16': unknown backbone for fcn_dilated"):
         DilatedFCN(C, "vgg16", 8)
     with pytest.raises(ValueError, match=r"model.options may not set \['aux_params'\]"):
         SmpModel(C, "Unet", "resnet18", options={"aux_params": {"classes": 2}})

@@ -21,8 +21,8 @@ from segframe.deploy.exporting import Deployable, export_onnx, export_torchscrip
 from segframe.evaluation import crf
 
 # name -> (conf/model file, overrides): FCN-8s ResNet-18 and U-Net ResNet-18, random weights
-MODELS = {"fcn8s_resnet18": ("fcn8s", {"backbone": "resnet18"}), "unet_resnet18": ("unet", {"encoder": "resnet18"}),
-          "deeplabv3plus_resnet18": ("deeplabv3plus", {"encoder": "resnet18"})}
+MODELS = {"fcn8s_resnet18": ("fcn8s", {"backbone": "resnet18"}), "unet_resnet18": ("unet", {"backbone": "resnet18"}),
+          "deeplabv3plus_resnet18": ("deeplabv3plus", {"backbone": "resnet18"})}
 
 
 def build(name: str, num_classes: int) -> torch.nn.Module:

@@ -84,7 +84,7 @@ def render_card(metrics: dict[str, Any], config: dict[str, Any], per_class_table
     params = metrics.get("model_parameters")
     classes = metrics.get("classes") or []
     arch = f", arch {model['arch']}" if "arch" in model else ""
-    backbone = model.get("backbone") or model.get("encoder")
+    backbone = model.get("backbone") or model.get("encoder")  # `encoder`: smp checkpoints before it was one name
     family = str(_target(model) or "a model").rsplit(".", 1)[-1] + (f" {model['arch']}" if "arch" in model else "")
     inference = {k: v for k, v in (metrics.get("inference") or {}).items()  # crf_* only matter with crf on
                  if not k.startswith("crf") or (metrics.get("inference") or {}).get("crf")}
@@ -96,7 +96,7 @@ def render_card(metrics: dict[str, Any], config: dict[str, Any], per_class_table
                      ("train split", f"{train_split[0]} ({train_split[1]} images)" if train_split else "n/a"),
                      ("evaluated on", f"{_text(metrics.get('split'))} ({_text(metrics.get('num_samples'))} images)")]),
         ("## Model", [("family (_target_)", _text(_target(model)) + arch),
-                      ("backbone / encoder", _text(backbone)),
+                      ("backbone", _text(backbone)),
                       ("classes", f"{len(classes)}: {', '.join(classes)}"),
                       ("parameters", f"{params:,}" if isinstance(params, int) else _text(params)),
                       ("output stride", _text(metrics.get("model_output_stride"))),

@@ -26,6 +26,19 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 OUTPUT_STRIDES = (8, 16)  # the choices of a dilated backbone (fcn_dilated, DeepLabV3/V3+)
 
 
+def one_backbone(backbone: str | None, encoder: str | None, default: str, family: str) -> str:
+    """The network a family builds on, under its one name `backbone`; `encoder` is its other name (smp's,
+    and the key checkpoints of smp families held before the two were one): either may be given, both
+    only with the same value. Neither: the family's `default`."""
+    if backbone is not None and encoder is not None and str(backbone) != str(encoder):
+        raise ConfigError(f"model.backbone={backbone!r} and model.encoder={encoder!r} disagree: model.encoder is "
+                          f"another name for model.backbone (the network {family} is built on), one setting; give it "
+                          f"once: model.backbone={encoder} (which also overrides an experiment's model.backbone), "
+                          f"or drop model.encoder={encoder} to keep {backbone}")
+    name = backbone if backbone is not None else encoder
+    return default if name is None else str(name)
+
+
 def to_input(images: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """uint8 [B,3,H,W] from the loader -> float in [0,1] in `memory_format` (the loader's batches are
     channels-last; a model runs in the layout it was asked for, whatever layout came in); the model

@@ -16,7 +16,7 @@ from torch import nn
 
 from segframe.core.errors import ConfigError
 from segframe.models.backbones import RESNET_WEIGHTS, Pretrained, ResNetBackbone
-from segframe.models.base import IMAGENET_MEAN, IMAGENET_STD, OUTPUT_STRIDES, SegmentationModel
+from segframe.models.base import IMAGENET_MEAN, IMAGENET_STD, OUTPUT_STRIDES, SegmentationModel, one_backbone
 from segframe.models.fcn import score_layer
 
 
@@ -48,7 +48,7 @@ class DilatedFCN(SegmentationModel):
     def __init__(
         self,
         num_classes: int,
-        backbone: str = "resnet50",
+        backbone: str | None = None,
         output_stride: int = 8,
         pretrained: Pretrained = False,
         init_from: str | None = None,
@@ -56,13 +56,16 @@ class DilatedFCN(SegmentationModel):
         std: Sequence[float] = IMAGENET_STD,
         input_scale: float = 1.0,
         channel_order: str = "rgb",
+        encoder: str | None = None,
     ):
         super().__init__(num_classes, mean, std, input_scale, channel_order)
+        backbone = one_backbone(backbone, encoder, "resnet50", "fcn_dilated")
         output_stride = int(output_stride)
         if output_stride not in OUTPUT_STRIDES:
             raise ConfigError(f"model.output_stride must be one of {OUTPUT_STRIDES} for fcn_dilated, got {output_stride}")
         if backbone not in RESNET_WEIGHTS:
-            raise ConfigError(f"unknown backbone {backbone!r} for fcn_dilated; valid: {', '.join(RESNET_WEIGHTS)}")
+            raise ConfigError(f"model.backbone={backbone!r}: unknown backbone for fcn_dilated; valid: "
+                              f"{', '.join(RESNET_WEIGHTS)}")
         self.backbone_name, self.output_stride = backbone, output_stride
         self.classifier_prefixes = ("score.",)
         self.backbone = ResNetBackbone(backbone, pretrained)

@@ -26,7 +26,14 @@ from torch import nn
 
 from segframe.core.errors import ConfigError
 from segframe.models.backbones import Pretrained, ResNetBackbone, VGG16Backbone
-from segframe.models.base import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel, load_matching_weights, read_init_file
+from segframe.models.base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SegmentationModel,
+    load_matching_weights,
+    one_backbone,
+    read_init_file,
+)
 from segframe.models.caffe import IDENTITY, compose, crop_like, crop_offset
 from segframe.models.reference_weights import load_reference_weights, reference_state
 
@@ -113,7 +120,7 @@ class FCN(SegmentationModel):
         self,
         num_classes: int,
         stride: int = 8,
-        backbone: str = "vgg16",
+        backbone: str | None = None,
         pretrained: Pretrained = False,
         init_from: str | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
@@ -123,9 +130,11 @@ class FCN(SegmentationModel):
         upsampling: str = "learned",
         padding: str = "pad32",
         skip_scales: Sequence[float] | None = None,
+        encoder: str | None = None,
     ):
         super().__init__(num_classes, mean, std, input_scale, channel_order)
         stride, num_classes = int(stride), int(num_classes)
+        backbone = one_backbone(backbone, encoder, "vgg16", "FCN")
         self._check(stride, backbone, upsampling, padding, skip_scales)
         self.stride, self.backbone_name = stride, backbone
         self.upsampling, self.padding = upsampling, padding
@@ -155,7 +164,7 @@ class FCN(SegmentationModel):
         if stride not in STRIDES:
             raise ConfigError(f"stride must be one of {STRIDES} (FCN-32s/16s/8s), got {stride}")
         if backbone not in BACKBONES:
-            raise ConfigError(f"unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
+            raise ConfigError(f"model.backbone={backbone!r} is not an FCN backbone; valid: {', '.join(BACKBONES)}")
         if upsampling not in UPSAMPLINGS:
             raise ConfigError(f"model.upsampling must be one of {UPSAMPLINGS} (learned: trained ConvTranspose2d; "
                               f"fixed: bilinear, never trained, as the reference), got {upsampling!r}")

@@ -30,7 +30,7 @@ from segframe.models.backbones import (
     mismatch_report,
     read_weights_file,
 )
-from segframe.models.base import IMAGENET_MEAN, IMAGENET_STD, OUTPUT_STRIDES, SegmentationModel
+from segframe.models.base import IMAGENET_MEAN, IMAGENET_STD, OUTPUT_STRIDES, SegmentationModel, one_backbone
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,10 @@ DILATABLE = ("deeplabv3", "deeplabv3plus")  # archs whose encoder output stride 
 def check_encoder(encoder: str) -> None:
     if encoder.startswith("tu-"):
         if not timm.list_models(encoder[3:]):
-            raise ConfigError(f"model.encoder={encoder!r}: timm has no model {encoder[3:]!r} "
+            raise ConfigError(f"model.backbone={encoder!r}: timm has no model {encoder[3:]!r} "
                               f"(list them with python -c \"import timm; print(timm.list_models('*resnet*'))\")")
     elif encoder not in smp.encoders.get_encoder_names():
-        raise ConfigError(f"model.encoder={encoder!r} is not a segmentation_models_pytorch encoder; valid: "
+        raise ConfigError(f"model.backbone={encoder!r} is not a segmentation_models_pytorch encoder; valid: "
                           f"{', '.join(smp.encoders.get_encoder_names())}, or any timm model as tu-NAME")
 
 
@@ -134,7 +134,7 @@ def probe(model: nn.Module, size: int = 64) -> tuple[int, list[str]]:
 # smp arguments segframe sets itself, and the key a user sets instead
 OWNED_OPTIONS = {
     "classes": "the class count comes from data.num_classes",
-    "encoder_name": "use model.encoder",
+    "encoder_name": "use model.backbone (or its other name, model.encoder)",
     "encoder_weights": "use model.pretrained=true|false|PATH",
     "encoder_output_stride": "use model.output_stride",
     "in_channels": "segframe models take RGB images",
@@ -157,8 +157,9 @@ def check_timm_normalisation(encoder: str, mean: Sequence[float], std: Sequence[
 
 
 class SmpModel(SegmentationModel):
-    """`arch` (any of smp's: Unet, UnetPlusPlus, FPN, PSPNet, DeepLabV3, DeepLabV3Plus, ...) on `encoder`
-    (resnet18/34/50/101, efficientnet-*, tu-<any timm model>, ...). `output_stride` 8|16 chooses the
+    """`arch` (any of smp's: Unet, UnetPlusPlus, FPN, PSPNet, DeepLabV3, DeepLabV3Plus, ...) on `backbone`
+    (resnet18/34/50/101, efficientnet-*, tu-<any timm model>, ...; smp's own name for it, `encoder`, is
+    taken too: models/base.py one_backbone). `output_stride` 8|16 chooses the
     encoder's dilation for DeepLabV3/V3+; `options` are further keyword arguments of the smp class
     (e.g. decoder_channels). The smp model is `self.net`: its encoder is `net.encoder`."""
 
@@ -166,7 +167,7 @@ class SmpModel(SegmentationModel):
         self,
         num_classes: int,
         arch: str = "Unet",
-        encoder: str = "resnet34",
+        backbone: str | None = None,
         output_stride: int | None = None,
         options: dict[str, Any] | None = None,
         pretrained: Pretrained = False,
@@ -175,8 +176,10 @@ class SmpModel(SegmentationModel):
         std: Sequence[float] = IMAGENET_STD,
         input_scale: float = 1.0,
         channel_order: str = "rgb",
+        encoder: str | None = None,
     ):
         super().__init__(num_classes, mean, std, input_scale, channel_order)
+        encoder = one_backbone(backbone, encoder, "resnet34", arch)
         if arch.lower() not in ARCHS:
             raise ConfigError(f"model.arch={arch!r} is not a segmentation_models_pytorch architecture; "
                               f"valid: {', '.join(ARCHS)}")
@@ -195,7 +198,7 @@ class SmpModel(SegmentationModel):
             options["encoder_output_stride"] = int(output_stride)
         if pretrained not in (False, None) and encoder.startswith("tu-"):
             check_timm_normalisation(encoder, self.norm_mean, self.norm_std)
-        self.arch, self.encoder_name = arch, encoder
+        self.arch, self.backbone_name = arch, encoder
         self.classifier_prefixes = ("net.segmentation_head.",)
         self.net = build(arch, encoder, self.num_classes, pretrained, options)
         self.output_stride, unused = probe(self.net)

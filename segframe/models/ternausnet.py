@@ -34,7 +34,7 @@ from torch import nn
 
 from segframe.core.errors import ConfigError
 from segframe.models.backbones import Pretrained, load_pretrained
-from segframe.models.base import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
+from segframe.models.base import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel, one_backbone
 
 # the stages of torchvision's vgg16.features as [start, end) indices: conv1 = features[0:4] (conv, relu,
 # conv, relu), ...; the max pool after each stage is features[end]: 4, 9, 16, 23, 30
@@ -107,8 +107,15 @@ class TernausNet16(SegmentationModel):
         std: Sequence[float] = IMAGENET_STD,
         input_scale: float = 1.0,
         channel_order: str = "rgb",
+        backbone: str | None = None,
+        encoder: str | None = None,
     ):
         super().__init__(num_classes, mean, std, input_scale, channel_order)
+        self.backbone_name = one_backbone(backbone, encoder, "vgg16", "TernausNet-16")
+        if self.backbone_name != "vgg16":
+            raise ConfigError(f"model.backbone={self.backbone_name!r}: TernausNet-16's encoder is VGG16 (the "
+                              f"reference's), no other; a U-Net on {self.backbone_name}: "
+                              f"model=unet model.backbone={self.backbone_name}")
         if isinstance(num_filters, bool) or not isinstance(num_filters, int) or num_filters < 1:
             raise ConfigError(f"model.num_filters must be a positive integer (TernausNet: 32), got {num_filters!r}")
         self.num_filters = f = num_filters
