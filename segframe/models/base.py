@@ -1,6 +1,6 @@
 """What every segframe model shares: the model contract, and starting from another checkpoint.
 
-The contract (README "Models"): `forward(float [B,3,H,W] RGB in [0,1]) -> logits [B,C,H,W]` at the
+The contract (docs/models.md): `forward(float [B,3,H,W] RGB in [0,1]) -> logits [B,C,H,W]` at the
 input's H x W, for any H and W. Normalisation happens inside the model, so a checkpoint carries it.
 A family only writes `forward_padded`, which sees a normalised input padded to its `pad_multiple`.
 """
@@ -141,7 +141,7 @@ def read_init_file(path: str | os.PathLike) -> tuple[Path, Any]:
     """The loaded contents of an `init_from` file (never unpickling code), or the error naming it."""
     file = Path(path).expanduser()
     if not file.is_file():
-        where = " (the reference's released FCN weights: README \"Reproducing FCN\", Downloads)" \
+        where = " (the reference's released FCN weights: docs/reproducing.md, \"Reproducing FCN\", Downloads)" \
             if file.name.endswith("_from_caffe.pth") else ""
         raise MissingFileError(f"init_from checkpoint not found: {file} (from model.init_from={path}){where}")
     try:
