@@ -5,7 +5,7 @@ import os
 # albumentations checks PyPI for updates on import; research machines are often offline.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str):

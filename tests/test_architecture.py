@@ -28,6 +28,8 @@ def _modules() -> dict[str, Path]:
 
 
 def _layer(module: str) -> int:
+    if module == "":  # segframe/__init__.py: `from segframe import load_model`, above everything
+        return len(LAYERS) - 1
     for rank, (_, prefixes) in enumerate(LAYERS):
         if any(module == p or module.startswith(p + ".") for p in prefixes):
             return rank
@@ -51,12 +53,16 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
                     found.add(inner)
         if isinstance(node, ast.ImportFrom) and node.module == "segframe":
             found.update(a.name for a in node.names if a.name in modules)
+        if (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"
+                and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+                and node.args[0].value.removeprefix("segframe.") in modules):  # importlib.import_module("segframe.X")
+            found.add(node.args[0].value.removeprefix("segframe."))
     return found
 
 
 def graph() -> dict[str, set[str]]:
     modules = _modules()
-    return {m: _imports(p, modules) - {m} for m, p in modules.items() if m}
+    return {m: _imports(p, modules) - {m} for m, p in modules.items()}
 
 
 def test_every_import_goes_to_the_same_or_a_lower_layer():
@@ -95,6 +101,21 @@ def test_module_size(module):
     assert lines <= limit, f"segframe/{module.replace('.', '/')}.py has {lines} lines (limit {limit}): split it by job"
 
 
+def test_every_module_is_in_a_layer_and_every_folder_a_package():
+    for module in _modules():
+        _layer(module)  # raises, naming the module, when it is in no layer
+    loose = sorted(str(d.relative_to(PACKAGE)) for d in PACKAGE.rglob("*") if d.is_dir() and d.name != "__pycache__"
+                   and any(d.glob("*.py")) and not (d / "__init__.py").is_file())
+    assert not loose, f"folders with modules but no __init__.py (invisible to the layer check): {loose}"
+
+
+def test_imports_are_absolute():
+    """A relative import (`from ..engine import x`) would hide an upward import from the scanner."""
+    relative = [f"{p.relative_to(PACKAGE)}:{n.lineno}" for p in PACKAGE.rglob("*.py")
+                for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.ImportFrom) and n.level > 0]
+    assert not relative, f"use absolute imports (from segframe.X import ...): {relative}"
+
+
 def test_the_top_of_the_package_holds_only_the_commands():
     top = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
     assert top == sorted(ENTRY_POINTS), f"only the commands live at the top of segframe/: {top}"
@@ -112,5 +133,6 @@ def test_the_checks_can_fail():
     """The import scanner sees a function-level import, and the layer order is the folders' order."""
     sample = PACKAGE / "data" / "preparation.py"
     assert "core.commands" in _imports(sample, _modules()) and "data.shard_writer" in _imports(sample, _modules())
+    assert "deploy.api" in _imports(PACKAGE / "__init__.py", _modules())
     assert (_layer("core.errors") < _layer("data.sample") < _layer("models.fcn") < _layer("evaluation.report")
             < _layer("engine.training") < _layer("deploy.api") < _layer("experiments.sweep") < _layer("train"))

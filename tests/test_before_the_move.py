@@ -13,9 +13,10 @@ import pytest
 import torch
 from helpers.cli import run_cli
 
-from segframe.core.moved import current_target, current_targets
+from segframe.core.moved import current_config, current_target, current_targets
 from segframe.engine import losses
 from segframe.engine.checkpoint import load_checkpoint, module_from_checkpoint
+from segframe.engine.resume import config_changes
 
 FIXTURE = Path(__file__).parent / "fixtures" / "before_move"
 CKPT, EXPECTED = FIXTURE / "unet_tiny.ckpt", json.loads((FIXTURE / "unet_tiny.json").read_text())
@@ -69,3 +70,19 @@ def test_current_target_renames_only_moved_modules():
     nested = {"a": [{"_target_": "segframe.schedules.WarmupPoly", "x": "segframe.losses.Focal"}]}
     assert current_targets(nested) == {"a": [{"_target_": "segframe.engine.schedules.WarmupPoly",
                                               "x": "segframe.losses.Focal"}]}  # only `_target_` values
+
+
+def test_a_run_of_before_reads_as_one_of_now():
+    """Resume's list of changed settings and compare's differing keys see no change where only the
+    names moved: old `_target_` paths, and an smp run's `encoder` that is now `backbone`."""
+    before = torch.load(CKPT, map_location="cpu", weights_only=True)["run_config"]
+    now = current_targets(before)
+    now["model"] = {**{k: v for k, v in now["model"].items() if k != "encoder"},
+                    "backbone": before["model"]["encoder"], "encoder": None}
+    assert config_changes(before, now) == []
+    assert config_changes(before, {**now, "seed": 7}) == [f"seed: {before['seed']!r} -> 7"]
+    assert current_config({"model": {"encoder": "r18"}}) == {"model": {"backbone": "r18"}}
+    assert current_config({"model": {"backbone": "r18", "encoder": None}}) == {"model": {"backbone": "r18"}}
+    assert current_config({"model": {"backbone": "r18", "encoder": "r18"}}) == {"model": {"backbone": "r18"}}
+    disagree = {"model": {"backbone": "r18", "encoder": "r34"}}
+    assert current_config(disagree) == disagree  # a real disagreement is shown, not hidden

@@ -251,3 +251,18 @@ def test_the_graph_is_told_by_its_size_then_its_sha256(made, tmp_path):
     target.write_bytes(bytes(data))
     assert graph_differs(target, side).startswith("the graph's sha256 is ")
     assert graph_differs(target, {**side, "graph_sha256": None}) is None  # an old sidecar: checked on the rest
+
+
+def test_the_command_takes_the_checkpoint_from_a_partial_sidecar_when_no_sidecar_is_left(tmp_path):
+    """A stop after an old hash-less sidecar was removed and before the new graph was renamed leaves
+    the old graph alone with the `.partial` sidecar of the new one: that still names the checkpoint."""
+    graph = tmp_path / "model.onnx"
+    graph.write_bytes(b"\x08\x07\x12\x00old graph")
+    ckpt = tmp_path / "run" / "best.ckpt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"x")
+    partial_sidecar_path(graph).write_text(json.dumps({"format": "segframe-export", "checkpoint": str(ckpt)}))
+    command = export_command(graph)
+    assert f"ckpt={ckpt}" in command and "CHECKPOINT" not in command
+    partial_sidecar_path(graph).write_text(json.dumps({"checkpoint": str(ckpt)}))  # not a segframe sidecar
+    assert "ckpt=CHECKPOINT" in export_command(graph)

@@ -39,3 +39,20 @@ def current_targets(node: Any) -> Any:
     if isinstance(node, list):
         return [current_targets(v) for v in node]
     return node
+
+
+def current_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's whole config (config.yaml, a checkpoint's `run_config`) as one written now would say
+    it, for comparing runs of before and after 0.2: `_target_`s by their current paths, and the
+    model's network under its one name, `model.backbone` (smp runs before 0.2 said only
+    `model.encoder`; runs since keep `encoder: null` beside it). Two different values stay as they are."""
+    config = current_targets(config)
+    model = config.get("model")
+    if not isinstance(model, dict) or "encoder" not in model:
+        return config
+    model = dict(model)
+    if model.get("backbone") is None or model["encoder"] in (None, model["backbone"]):
+        encoder = model.pop("encoder")
+        if model.get("backbone") is None and encoder is not None:
+            model["backbone"] = encoder
+    return {**config, "model": model}

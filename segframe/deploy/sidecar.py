@@ -95,12 +95,16 @@ def _options(side: dict[str, Any], fmt: str) -> list[str]:
 
 def export_command(graph: str | Path, sidecar: dict[str, Any] | None = None) -> str:
     """The command that (re)writes `graph` and its sidecar, to paste as it is: from the checkpoint
-    the sidecar names (`sidecar`, else `<graph>.json` where it can be read) with the format and the
-    options it records. With no sidecar to say, the checkpoint of the same name beside the graph
-    (where export puts a graph by default), else `ckpt=CHECKPOINT` and where to find one."""
+    the sidecar names (`sidecar`, else `<graph>.json` where it can be read, else the `.partial` one an
+    export that stopped left) with the format and the options it records. With no sidecar to say, the
+    checkpoint of the same name beside the graph (where export puts a graph by default), else
+    `ckpt=CHECKPOINT` and where to find one."""
     graph = Path(graph)
     side = sidecar if isinstance(sidecar, dict) else _json(sidecar_path(graph))
     side = side if sidecar is not None or side.get("format") == FORMAT else {}  # another tool's JSON says nothing
+    if not side:  # an export that stopped before its sidecar: the one it was writing names the checkpoint
+        partial = _json(partial_sidecar_path(graph))
+        side = partial if partial.get("format") == FORMAT else {}
     fmt = graph_kind(graph) if is_exported(graph) else "onnx"
     named = side.get("checkpoint") if isinstance(side.get("checkpoint"), str) and side.get("checkpoint") else None
     beside = graph.with_suffix(".ckpt")

@@ -31,7 +31,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from segframe.core.atomic import write_text_atomic
 from segframe.core.config import flatten
 from segframe.core.errors import ResumeError
-from segframe.core.moved import current_targets
+from segframe.core.moved import current_config
 from segframe.engine.checkpointing import LAST, PARTIAL
 from segframe.engine.trackers.common import Tracker
 from segframe.evaluation.model_card import CARD
@@ -87,8 +87,7 @@ def find_resume(resume: str | None, run_dir: Path, config: dict[str, Any]) -> Re
     owner = path.parent.parent if path.parent.name == "checkpoints" else run_dir
     _clean(path.parent)
     # checkpoints before `run_config` existed kept the run's config among the module's hyper-parameters
-    # (and, written before the folder move, naming classes by their old import paths)
-    before = current_targets(ckpt.get("run_config") or (ckpt.get("hyper_parameters") or {}).get("config") or {})
+    before = ckpt.get("run_config") or (ckpt.get("hyper_parameters") or {}).get("config") or {}
     reported = _reported(owner)
     # the report must be of this checkpoint's fit: a run extended (trainer.max_epochs raised) and killed in its
     # final evaluation has the shorter fit's metrics.json beside a finished, longer fit
@@ -177,8 +176,8 @@ def _clean(folder: Path) -> None:
 
 def config_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """`key: old -> new` for every setting that differs between the checkpoint's run and this one
-    (`resume` itself aside)."""
-    old, new = flatten(before), flatten(now)
+    (`resume` itself aside), both as a run of this version says them (core/moved.py)."""
+    old, new = flatten(current_config(before)), flatten(current_config(now))
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
             if k != "resume" and old.get(k) != new.get(k)]
 

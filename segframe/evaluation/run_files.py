@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from segframe.core import paths  # noqa: F401  (registers ${repo_root:} and the other resolvers the configs use)
+from segframe.core.moved import current_config
 
 log = logging.getLogger("segframe")
 
@@ -33,7 +34,8 @@ def is_run(path: Path) -> bool:
 def config(run_dir: Path) -> dict[str, Any]:
     """The run's config as plain data: `config.yaml` (resolved by the run itself) when it is there, else
     `.hydra/config.yaml` resolved here (a run that never finished), else {}. Where an interpolation
-    cannot be resolved here (an environment variable of another machine), the config as composed."""
+    cannot be resolved here (an environment variable of another machine), the config as composed.
+    A run of an older segframe is read as this version would write it (core/moved.py)."""
     for name, resolve in ((RESOLVED, False), (COMPOSED, True)):
         path = run_dir / name
         if not path.is_file():
@@ -42,10 +44,10 @@ def config(run_dir: Path) -> dict[str, Any]:
         if not isinstance(loaded, DictConfig):
             return {}
         try:
-            return OmegaConf.to_container(loaded, resolve=resolve)  # type: ignore[return-value]
+            return current_config(OmegaConf.to_container(loaded, resolve=resolve))  # type: ignore[arg-type]
         except OmegaConfBaseException as exc:
             log.info("%s: kept as composed, an interpolation does not resolve here (%s)", path, exc)
-            return OmegaConf.to_container(loaded, resolve=False)  # type: ignore[return-value]
+            return current_config(OmegaConf.to_container(loaded, resolve=False))  # type: ignore[arg-type]
     return {}
 
 
@@ -53,7 +55,9 @@ def composed(run_dir: Path) -> dict[str, Any]:
     """The run's config as Hydra composed it (`.hydra/config.yaml`), interpolations unresolved; {} without it."""
     path = run_dir / COMPOSED
     loaded = OmegaConf.load(path) if path.is_file() else None
-    return OmegaConf.to_container(loaded, resolve=False) if isinstance(loaded, DictConfig) else {}  # type: ignore
+    if not isinstance(loaded, DictConfig):
+        return {}
+    return current_config(OmegaConf.to_container(loaded, resolve=False))  # type: ignore[arg-type]
 
 
 def metrics(run_dir: Path) -> dict[str, Any] | None:

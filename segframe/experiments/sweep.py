@@ -28,6 +28,7 @@ from segframe.experiments.sweep_summary import summarize, varied_keys
 
 log = logging.getLogger(__name__)
 
+
 class SweepSummary(Callback):
     """Registered in conf/train.yaml (hydra.callbacks). Before the first job: refuse process layouts
     that cannot work. After the last: write the summary table in the sweep dir."""
