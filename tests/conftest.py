@@ -33,3 +33,41 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "quick: set by tests/conftest.py on the tests that start no process, train "
+                                       "nothing, export nothing and build no large network (the rule: "
+                                       "tests/helpers/quick.py); `pytest -m quick` runs them, in under 2 minutes")
+    config.addinivalue_line("markers", "not_quick: keeps a test out of the quick tier when it is slow for a reason "
+                                       "the rule of tests/helpers/quick.py does not see")
+
+
+def pytest_collection_modifyitems(config, items):
+    from helpers.quick import is_quick
+
+    cache: dict = {}
+    for item in items:
+        if is_quick(item, cache):
+            item.add_marker(pytest.mark.quick)
+
+
+_slow_quick: list[tuple[float, str]] = []
+
+
+def pytest_runtest_logreport(report):
+    from helpers.quick import SLOW_CALL_S
+
+    if report.when == "call" and "quick" in report.keywords and report.duration > SLOW_CALL_S:
+        _slow_quick.append((report.duration, report.nodeid))
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """After `pytest -m quick`: the quick tests that took long, for helpers/quick.py's SLOW_HERE."""
+    from helpers.quick import SLOW_CALL_S
+
+    if "quick" in (config.getoption("markexpr") or "") and _slow_quick:
+        terminalreporter.write_sep("-", f"quick tests over {SLOW_CALL_S:g} s (make them faster or add them to "
+                                        "SLOW_HERE in tests/helpers/quick.py)")
+        for duration, nodeid in sorted(_slow_quick, reverse=True):
+            terminalreporter.write_line(f"{duration:.1f} s {nodeid}")

@@ -8,4 +8,5 @@ file imports them as `from helpers.cli import run_cli`, whatever the import mode
 - helpers.config: compose (a Hydra config without running it) and the tiny training overrides
 - helpers.datasets: images in memory or on disk, raw dataset trees in their real layouts (VOC, SBD,
   Kvasir-SEG) and reading converted shards back (raw_samples, read_split)
+- helpers.quick: the quick tier's rule (`pytest -m quick`), applied by tests/conftest.py
 """
