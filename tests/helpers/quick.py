@@ -64,6 +64,10 @@ HEAVY = {
 # SLOW_CALL_S at its end, to be made faster or added here
 SLOW_CALL_S = 2.0
 SLOW_HERE = {
+    # a `pipe:` process and two 0.5 s stalls; in a `-m quick` run it took 6 s against its own 5 s bound and failed
+    # (it passes alone, in its file and in the default set): to be looked into, kept out of the quick tier meanwhile
+    "test_remote_shards.py::test_a_stalled_download_times_out": "6 s in a quick run, over its own bound",
+    "test_remote_shards.py::test_wrong_checksum_is_an_error_only_when_verifying": "9.5 s (HTTP reads of every shard)",
     "test_inference.py::test_shapes_and_probabilities_on_a_random_fcn": "sliding windows and scales, 4-12 s",
     "test_eval_speed_exact.py::test_segmodule_eval_and_test_steps_count_like_argmax": "3-5 s",
     "test_sources_endovis2017.py::test_tasks_equal_ternausnet_on_every_variant": "every label variant, 6-8 s",
@@ -159,6 +163,8 @@ def is_quick(item, cache: dict | None = None) -> bool:
     """Whether a collected pytest item belongs to the quick tier (see the module's docstring)."""
     if item.get_closest_marker("slow") or item.get_closest_marker("not_quick"):
         return False
+    if item.get_closest_marker("quick"):  # chosen by hand: tests/test_smoke.py's one short training run
+        return True
     function = getattr(item, "function", None)
     if function is None:
         return False
