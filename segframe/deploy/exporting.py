@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 import segframe
+from segframe.core.atomic import fsync
 from segframe.core.config import check_keys, plain
 from segframe.core.errors import ExportError
 from segframe.core.progress import Eta
@@ -31,6 +32,7 @@ from segframe.deploy.sidecar import (
     TORCHSCRIPT_OPSET,
     TORCHSCRIPT_SUFFIXES,
     export_command,
+    json_object,
     partial_sidecar_path,
     sidecar_path,
 )
@@ -217,19 +219,6 @@ def export_checkpoint(ckpt_path: str, fmt: str, output: Path, opts: dict[str, An
         tmp_graph.unlink(missing_ok=True)
 
 
-def _synced(path: Path) -> None:
-    """Flush `path` (a file or a folder's entries) to the disk, where the system lets one."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # a folder on Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
 
 def write_pair(tmp_graph: Path, output: Path, sidecar: dict[str, Any]) -> None:
     """Put the checked graph `tmp_graph` at `output` and `sidecar` at `<output>.json`, the sidecar
@@ -241,9 +230,9 @@ def write_pair(tmp_graph: Path, output: Path, sidecar: dict[str, Any]) -> None:
     side, partial = sidecar_path(output), partial_sidecar_path(output)
     try:
         partial.write_text(json.dumps(sidecar, indent=2, default=_json_default) + "\n")
-        _synced(partial)
-        _synced(tmp_graph)
-        if side.is_file() and not _records_hash(side):
+        fsync(partial)
+        fsync(tmp_graph)
+        if side.is_file() and not json_object(side).get("graph_sha256"):
             side.unlink()
         os.replace(tmp_graph, output)
     except BaseException:  # the old graph is still in place: nothing of this export is left
@@ -255,14 +244,8 @@ def write_pair(tmp_graph: Path, output: Path, sidecar: dict[str, Any]) -> None:
         raise ExportError(f"wrote the graph {output} but not its sidecar {side} ({type(exc).__name__}: {exc}); "
                           f"loading refuses the graph until its sidecar is there (the sidecar is left in "
                           f"{partial}): export again: {export_command(output, sidecar)}") from exc
-    _synced(output.parent)
+    fsync(output.parent)
 
-
-def _records_hash(side: Path) -> bool:
-    try:
-        return bool(json.loads(side.read_text()).get("graph_sha256"))
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def _ort_version() -> str:

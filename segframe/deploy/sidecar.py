@@ -57,7 +57,7 @@ def partial_sidecar_path(graph: str | Path) -> Path:
     return graph.with_name(f".{graph.name}.json.partial")
 
 
-def _json(path: Path) -> dict[str, Any]:
+def json_object(path: Path) -> dict[str, Any]:
     """The JSON object in `path`, or {} when there is none to be read."""
     try:
         data = json.loads(path.read_text())
@@ -100,10 +100,10 @@ def export_command(graph: str | Path, sidecar: dict[str, Any] | None = None) -> 
     checkpoint of the same name beside the graph (where export puts a graph by default), else
     `ckpt=CHECKPOINT` and where to find one."""
     graph = Path(graph)
-    side = sidecar if isinstance(sidecar, dict) else _json(sidecar_path(graph))
+    side = sidecar if isinstance(sidecar, dict) else json_object(sidecar_path(graph))
     side = side if sidecar is not None or side.get("format") == FORMAT else {}  # another tool's JSON says nothing
     if not side:  # an export that stopped before its sidecar: the one it was writing names the checkpoint
-        partial = _json(partial_sidecar_path(graph))
+        partial = json_object(partial_sidecar_path(graph))
         side = partial if partial.get("format") == FORMAT else {}
     fmt = graph_kind(graph) if is_exported(graph) else "onnx"
     named = side.get("checkpoint") if isinstance(side.get("checkpoint"), str) and side.get("checkpoint") else None
@@ -124,7 +124,7 @@ def export_command(graph: str | Path, sidecar: dict[str, Any] | None = None) -> 
 def interrupted(graph: str | Path) -> dict[str, Any] | None:
     """The sidecar an export was writing for `graph` when it stopped between renaming the graph into
     place and renaming its sidecar (`.<graph>.json.partial`, when it records this very graph)."""
-    side = _json(partial_sidecar_path(graph))
+    side = json_object(partial_sidecar_path(graph))
     recorded = side.get("graph_sha256")
     if not recorded or side.get("graph_bytes") not in (None, Path(graph).stat().st_size):
         return None

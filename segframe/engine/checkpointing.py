@@ -32,6 +32,7 @@ from lightning_fabric.plugins.environments import SLURMEnvironment
 from pytorch_lightning.callbacks import Callback, Checkpoint, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from segframe.core.atomic import fsync
 from segframe.core.errors import ConfigError
 
 log = logging.getLogger("segframe")
@@ -109,14 +110,6 @@ class Requeued(Exception):
     """SLURM asked for a requeue: last.ckpt is saved and the job is queued again; this process stops."""
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in `folder` durable (a power cut after the rename keeps the new name)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save to `.<name>.<pid>.partial` beside the target, fsync, rename over the target.
@@ -138,7 +131,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-        _fsync_dir(target.parent)
+        fsync(target.parent)
 
 
 class LastCheckpoint(Checkpoint):
